@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One entry point for the two README quickstart commands.
+#   bash run.sh demo   set up .venv (idempotent), then run the main job on the phantom dataset
+#   bash run.sh test   set up .venv (idempotent), then run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=.venv/bin/python
+
+setup() {
+    if [ ! -x "$PY" ]; then
+        python3 -m venv .venv
+    fi
+    # Re-install only when the pinned files changed since the last successful install.
+    local want have=""
+    want=$(cat requirements.txt constraints.txt requirements-nodeps.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
+    [ -f .venv/.installed ] && have=$(cat .venv/.installed)
+    if [ "$want" != "$have" ]; then
+        "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+        if [ -s requirements-nodeps.txt ]; then
+            "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+        fi
+        echo "$want" > .venv/.installed
+    fi
+}
+
+case "${1:-}" in
+    demo)
+        setup
+        shift
+        exec "$PY" -m scripts.demo "$@"
+        ;;
+    test)
+        setup
+        shift
+        exec "$PY" -m pytest -q tests "$@"
+        ;;
+    setup)
+        setup
+        ;;
+    *)
+        echo "usage: bash run.sh {demo|test|setup}" >&2
+        exit 2
+        ;;
+esac
