@@ -1,1 +1,41 @@
+"""Evaluation metrics: alpha-matting errors (SAD, MSE, Grad, Conn) and Prob. U-Net sample metrics (GED, Dice)."""
 
+from .matting import (
+    MATTING_METRIC_NAMES,
+    MATTING_REGIONS,
+    MattingMetric,
+    compute_conn,
+    compute_grad,
+    compute_matting_metric,
+    compute_mse,
+    compute_sad,
+    gaussian_gradient_kernel,
+    gaussian_gradient_magnitude,
+    quantize_alpha,
+)
+from .samples import (
+    GeneralizedEnergyDistance,
+    SampleDiceMetric,
+    compute_generalized_energy_distance,
+    compute_sample_dice,
+    pairwise_iou_distance,
+)
+
+__all__ = [
+    "MATTING_METRIC_NAMES",
+    "MATTING_REGIONS",
+    "MattingMetric",
+    "GeneralizedEnergyDistance",
+    "SampleDiceMetric",
+    "compute_conn",
+    "compute_grad",
+    "compute_matting_metric",
+    "compute_mse",
+    "compute_sad",
+    "compute_generalized_energy_distance",
+    "compute_sample_dice",
+    "gaussian_gradient_kernel",
+    "gaussian_gradient_magnitude",
+    "pairwise_iou_distance",
+    "quantize_alpha",
+]
