@@ -1,0 +1,247 @@
+"""Region-aware implicit function (paper section 2.2, equation 2) as a resolution-free upsampler.
+
+A source feature map of size (h, w) is treated as latent codes placed at the pixel centres of a
+continuous 2D domain (LIIF convention: pixel centres, normalised coordinates in [-1, 1],
+``align_corners=False``). For each query point ``x_q`` of an arbitrary target grid (Hq, Wq):
+
+1. ``x_q`` is expressed in *source-cell units* (the code of source pixel (i, j) sits at (i, j)).
+2. The k x k codes nearest to ``x_q`` are chosen (k = 2: the 4 surrounding codes, LIIF's local
+   ensemble; k = 1: the nearest code; k = 3: the 3 x 3 codes around the nearest one).
+3. ``mode="region_aware"``: an offset layer ``g_delta`` (a convolution on the source features
+   bilinearly interpolated at ``x_q``) predicts 2 * k * k offsets (dy, dx, in source-cell units)
+   that move each of the k x k positions. It is zero-initialised, so at initialisation the
+   function equals the local ensemble. ``mode="local_ensemble"`` keeps the offsets at 0.
+4. Each code is sampled bilinearly from the *original* source map at its (moved) position
+   ``x_i`` (``grid_sample``, all k x k samples in one call); the two-layer MLP ``f_theta`` decodes
+   ``[z_i, x_q - x_i]``; the k x k decoded values are summed (optionally weighted by LIIF's
+   areas, k = 2 only).
+
+Hand-written: no maintained library provides this function (LIIF is a research repository).
+The optional ``use_deform_conv`` path samples the codes with ``torchvision.ops.deform_conv2d``
+(the paper's implementation route) and needs torchvision.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["RegionAwareImplicitUpsampler", "torchvision_deform_conv2d"]
+
+_MODES = ("region_aware", "local_ensemble")
+
+
+def torchvision_deform_conv2d():
+    """``torchvision.ops.deform_conv2d`` when torchvision imports, else ``None``."""
+    try:
+        from torchvision.ops import deform_conv2d
+    except Exception:  # torchvision is optional and absent on the project machines
+        return None
+    return deform_conv2d
+
+
+class RegionAwareImplicitUpsampler(nn.Module):
+    """Decode a feature map at any target grid with the region-aware implicit function.
+
+    Args:
+        in_channels: channels C of the source feature map.
+        out_channels: channels of the decoded map.
+        hidden_channels: hidden width of the two-layer MLP ``f_theta``.
+        kernel_size: k, the region is k x k codes (1, 2 or 3; 2 in the paper).
+        mode: ``"region_aware"`` (learned offsets) or ``"local_ensemble"`` (offsets fixed at 0).
+        area_weighting: weight the k x k decoded values by LIIF's areas instead of summing them
+            (only defined for k = 2).
+        offset_kernel_size: kernel of the offset convolution ``g_delta`` (odd).
+        use_deform_conv: sample codes with ``torchvision.ops.deform_conv2d`` instead of
+            ``grid_sample`` (raises ImportError where torchvision does not import).
+
+    Example::
+
+        up = RegionAwareImplicitUpsampler(64, 32, hidden_channels=64)
+        y = up(torch.rand(2, 64, 32, 32), output_size=(48, 48))   # (2, 32, 48, 48)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int = 64,
+        kernel_size: int = 2,
+        mode: str = "region_aware",
+        area_weighting: bool = False,
+        offset_kernel_size: int = 3,
+        use_deform_conv: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if kernel_size not in (1, 2, 3):
+            raise ValueError(f"kernel_size must be 1, 2 or 3, got {kernel_size}")
+        if area_weighting and kernel_size != 2:
+            raise ValueError("area_weighting (LIIF areas) is defined for kernel_size=2 only")
+        if offset_kernel_size % 2 != 1:
+            raise ValueError(f"offset_kernel_size must be odd, got {offset_kernel_size}")
+        if use_deform_conv and torchvision_deform_conv2d() is None:
+            raise ImportError("use_deform_conv=True needs torchvision.ops.deform_conv2d; torchvision does not import")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.mode = mode
+        self.area_weighting = area_weighting
+        self.use_deform_conv = use_deform_conv
+        k2 = kernel_size * kernel_size
+        self.offset_conv: Optional[nn.Conv2d] = None
+        if mode == "region_aware":
+            self.offset_conv = nn.Conv2d(in_channels, 2 * k2, offset_kernel_size, padding=offset_kernel_size // 2)
+            nn.init.zeros_(self.offset_conv.weight)
+            nn.init.zeros_(self.offset_conv.bias)
+        # f_theta: two-layer MLP on [code, relative coordinate], as 1x1 convolutions
+        self.mlp = nn.Sequential(
+            nn.Conv2d(in_channels + 2, hidden_channels, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, out_channels, kernel_size=1),
+        )
+
+    # ----------------------------------------------------------------------------- coordinates
+    @staticmethod
+    def query_coordinates(
+        source_size: Sequence[int], output_size: Sequence[int], device=None, dtype=torch.float32
+    ) -> torch.Tensor:
+        """Target pixel centres in source-cell units, shape (Hq, Wq, 2) as (row, col).
+
+        Target pixel j has the normalised centre ``(2j + 1) / Hq - 1``; in source-cell units
+        (source pixel i at i) that is ``(j + 0.5) * h / Hq - 0.5``.
+        """
+        (h, w), (hq, wq) = source_size, output_size
+        ys = (torch.arange(hq, device=device, dtype=dtype) + 0.5) * (h / hq) - 0.5
+        xs = (torch.arange(wq, device=device, dtype=dtype) + 0.5) * (w / wq) - 0.5
+        return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+    def base_positions(self, source_size: Sequence[int], query: torch.Tensor) -> torch.Tensor:
+        """Positions of the k x k nearest codes for each query, (k*k, Hq, Wq, 2), integer-valued.
+
+        The first code index per axis is ``floor(u + 1 - k / 2)`` (k = 1: round(u); k = 2: floor(u);
+        k = 3: round(u) - 1); codes outside the map are clamped to the border code.
+        """
+        k = self.kernel_size
+        start = torch.floor(query + 1.0 - k / 2.0)  # (Hq, Wq, 2)
+        steps = torch.arange(k, device=query.device, dtype=query.dtype)
+        dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+        shift = torch.stack([dy.flatten(), dx.flatten()], dim=-1)  # (k*k, 2), row-major (00, 01, 10, 11)
+        pos = start.unsqueeze(0) + shift[:, None, None, :]
+        return self._clamp(pos, source_size)
+
+    @staticmethod
+    def _clamp(pos: torch.Tensor, source_size: Sequence[int]) -> torch.Tensor:
+        h, w = source_size
+        return torch.stack([pos[..., 0].clamp(0, h - 1), pos[..., 1].clamp(0, w - 1)], dim=-1)
+
+    def offsets(self, feat: torch.Tensor, output_size: Sequence[int]) -> Optional[torch.Tensor]:
+        """Learned offsets (B, k*k, Hq, Wq, 2) as (dy, dx) in source-cell units; ``None`` for local ensemble."""
+        if self.offset_conv is None:
+            return None
+        up = feat
+        if tuple(feat.shape[-2:]) != tuple(output_size):
+            up = F.interpolate(feat, size=tuple(output_size), mode="bilinear", align_corners=False)
+        off = self.offset_conv(up)  # (B, 2*k*k, Hq, Wq)
+        b, _, hq, wq = off.shape
+        return off.view(b, self.kernel_size**2, 2, hq, wq).permute(0, 1, 3, 4, 2)
+
+    def positions(self, feat: torch.Tensor, output_size: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Query points (Hq, Wq, 2) and sampled code positions (B, k*k, Hq, Wq, 2), source-cell units."""
+        source_size = tuple(feat.shape[-2:])
+        query = self.query_coordinates(source_size, output_size, feat.device, feat.dtype)
+        pos = self.base_positions(source_size, query).unsqueeze(0)
+        off = self.offsets(feat, output_size)
+        if off is None:
+            pos = pos.expand(feat.shape[0], -1, -1, -1, -1)
+        else:
+            pos = self._clamp(pos + off, source_size)
+        return query, pos
+
+    # -------------------------------------------------------------------------------- sampling
+    @staticmethod
+    def _sample_grid_sample(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Codes at ``pos`` (B, K, Hq, Wq, 2) with one ``grid_sample`` call -> (B, C, K*Hq, Wq)."""
+        b, kk, hq, wq, _ = pos.shape
+        h, w = feat.shape[-2:]
+        # source-cell units -> normalised coordinates (align_corners=False); grid_sample wants (x, y)
+        gy = (2.0 * pos[..., 0] + 1.0) / h - 1.0
+        gx = (2.0 * pos[..., 1] + 1.0) / w - 1.0
+        grid = torch.stack([gx, gy], dim=-1).reshape(b, kk * hq, wq, 2)
+        return F.grid_sample(feat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    @staticmethod
+    def _sample_deform_conv(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`_sample_grid_sample` through ``torchvision.ops.deform_conv2d``.
+
+        One identity 1x1 deformable convolution per code (the paper's "repeat and stack"): the
+        source map is zero-padded on the bottom/right to at least the target size so the output
+        has a pixel per query; its offset moves output pixel (i, j) to the code position.
+        """
+        deform_conv2d = torchvision_deform_conv2d()
+        b, kk, hq, wq, _ = pos.shape
+        c, h, w = feat.shape[1:]
+        hp, wp = max(h, hq), max(w, wq)
+        padded = F.pad(feat, (0, wp - w, 0, hp - h))
+        weight = torch.eye(c, device=feat.device, dtype=feat.dtype).view(c, c, 1, 1)
+        rows = torch.arange(hq, device=feat.device, dtype=feat.dtype).view(hq, 1)
+        cols = torch.arange(wq, device=feat.device, dtype=feat.dtype).view(1, wq)
+        samples = []
+        for t in range(kk):
+            off = torch.zeros(b, 2, hp, wp, device=feat.device, dtype=feat.dtype)
+            off[:, 0, :hq, :wq] = pos[:, t, ..., 0] - rows
+            off[:, 1, :hq, :wq] = pos[:, t, ..., 1] - cols
+            samples.append(deform_conv2d(padded, off, weight)[..., :hq, :wq])
+        return torch.stack(samples, dim=2).reshape(b, c, kk * hq, wq)
+
+    # --------------------------------------------------------------------------------- forward
+    def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        """Decode ``feat`` (B, C, h, w) at the target grid ``output_size`` -> (B, out_channels, Hq, Wq)."""
+        if feat.ndim != 4 or feat.shape[1] != self.in_channels:
+            raise ValueError(f"expected features (B, {self.in_channels}, h, w), got {tuple(feat.shape)}")
+        output_size = tuple(int(s) for s in output_size)
+        b = feat.shape[0]
+        hq, wq = output_size
+        kk = self.kernel_size**2
+        query, pos = self.positions(feat, output_size)
+        sample = self._sample_deform_conv if self.use_deform_conv else self._sample_grid_sample
+        codes = sample(feat, pos)  # (B, C, K*Hq, Wq)
+        rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
+        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq)
+        pred = self.mlp(torch.cat([codes, rel_map], dim=1)).view(b, self.out_channels, kk, hq, wq)
+        if self.area_weighting:
+            # LIIF: each code's prediction is weighted by the area of the rectangle between the query
+            # and the diagonally opposite code (order 00, 01, 10, 11 -> opposite is index 3 - i)
+            area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9  # (B, 4, Hq, Wq)
+            weight = area.flip(1) / area.sum(dim=1, keepdim=True)
+            return (pred * weight.unsqueeze(1)).sum(dim=2)
+        return pred.sum(dim=2)
+
+    @torch.no_grad()
+    def sampling_positions(
+        self, feat: torch.Tensor, output_size: Sequence[int], query_pixels: torch.Tensor
+    ) -> torch.Tensor:
+        """Where the codes for chosen target pixels were sampled, for drawing the learned regions.
+
+        Args:
+            feat: source features (B, C, h, w).
+            output_size: target grid (Hq, Wq).
+            query_pixels: (Q, 2) integer (row, col) pixels of the target grid.
+
+        Returns:
+            (B, Q, k*k, 2) sampled positions as (row, col) in target-pixel coordinates (pixel
+            centres at integers; may be fractional).
+        """
+        output_size = tuple(int(s) for s in output_size)
+        (h, w), (hq, wq) = feat.shape[-2:], output_size
+        qp = torch.as_tensor(query_pixels, device=feat.device).long().view(-1, 2)
+        if (qp < 0).any() or (qp[:, 0] >= hq).any() or (qp[:, 1] >= wq).any():
+            raise ValueError(f"query_pixels must lie inside the target grid {output_size}")
+        _, pos = self.positions(feat, output_size)  # (B, K, Hq, Wq, 2)
+        sel = pos[:, :, qp[:, 0], qp[:, 1], :].permute(0, 2, 1, 3)  # (B, Q, K, 2)
+        scale = torch.tensor([hq / h, wq / w], device=feat.device, dtype=feat.dtype)
+        return (sel + 0.5) * scale - 0.5

@@ -1,0 +1,185 @@
+"""Matting U-Net with multi-scale region-aware implicit fusion (paper sections 2.1 and 2.2, eq. 3).
+
+Encoder input: the image concatenated with the Probabilistic U-Net's latent features. Encoder
+levels give F1 (H x W), F2 (H/2), F3 (H/4) and deeper maps; an ordinary U-Net decoder brings the
+deepest map back to H/4 (the decoded F3). Then equation (3):
+
+* M3  = F3 decoded at F2's grid by the implicit upsampler;
+* M23 = [F2; M3; U]  -> propagation unit (conv block)   (U: the uncertainty map)
+* M123 = [F1; M23 decoded at the output grid; U]  -> propagation unit  -> output block
+  (two convolutions) -> sigmoid.
+
+F1 and U are bilinearly resized when the output grid differs from the input grid, so the matte
+can be decoded at any size. ``scales`` selects how many levels are fused through the implicit
+function (the paper's Table 2):
+
+* ``scales=3``: both decoder upsamplings (H/4 -> H/2 and H/2 -> output) are implicit;
+* ``scales=2``: only H/2 -> output is implicit, H/4 -> H/2 is bilinear + conv;
+* ``scales=1``: all U-Net upsamplings are bilinear + conv at the input grid, and the implicit
+  function decodes only the full-resolution features (after the last propagation unit) at the
+  output grid.
+
+``upsampling="bilinear"`` replaces every implicit upsampler by bilinear interpolation + a 3x3 conv.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+
+from scripts.networks.blocks import conv_block
+from scripts.networks.implicit_upsampler import RegionAwareImplicitUpsampler
+from scripts.networks.prob_unet import UNetDecoder, UNetEncoder
+
+__all__ = ["InterpolateConvUpsampler", "MattingUNet"]
+
+_UPSAMPLING = ("region_aware", "local_ensemble", "bilinear")
+
+
+class InterpolateConvUpsampler(nn.Module):
+    """Plain baseline upsampler: bilinear interpolation to the target grid, then a 3x3 conv + act.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        act: MONAI activation.
+        norm: MONAI normalisation.
+
+    Example::
+
+        up = InterpolateConvUpsampler(64, 32)
+        y = up(torch.rand(1, 64, 16, 16), output_size=(40, 40))   # (1, 32, 40, 40)
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, act: Union[str, tuple] = "RELU", norm=None
+    ) -> None:
+        super().__init__()
+        self.conv = Convolution(2, in_channels, out_channels, kernel_size=3, act=act, norm=norm)
+
+    def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        if tuple(feat.shape[-2:]) != tuple(output_size):
+            feat = F.interpolate(feat, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return self.conv(feat)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class MattingUNet(nn.Module):
+    """U-Net predicting the alpha matte from image, latent features and uncertainty, at any size.
+
+    Args:
+        in_channels: image channels.
+        latent_channels: channels of the Probabilistic U-Net features concatenated to the image.
+        filters: channels per encoder level (>= 3 levels: F1, F2, F3, deeper levels optional).
+        upsampling: ``"region_aware"`` (paper), ``"local_ensemble"`` (LIIF) or ``"bilinear"``.
+        scales: 1, 2 or 3 feature levels fused through the implicit function (see module doc).
+        kernel_size: k of the k x k region of the implicit function (1, 2, 3).
+        implicit_hidden: hidden width of the implicit function's MLP.
+        area_weighting: LIIF area weights in the implicit function (k = 2 only).
+        convs_per_block: convolutions per U-Net level / propagation unit.
+        act: MONAI activation.
+        norm: MONAI normalisation (``None`` for none).
+        use_deform_conv: sample codes with torchvision's deform_conv2d (needs torchvision).
+
+    Example::
+
+        net = MattingUNet(in_channels=1, latent_channels=32)
+        alpha = net(image, latent, uncertainty)                          # (B, 1, H, W)
+        alpha2 = net(image, latent, uncertainty, output_size=(300, 300))  # (B, 1, 300, 300)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        latent_channels: int,
+        filters: Sequence[int] = (16, 32, 64, 128),
+        upsampling: str = "region_aware",
+        scales: int = 3,
+        kernel_size: int = 2,
+        implicit_hidden: int = 64,
+        area_weighting: bool = False,
+        convs_per_block: int = 2,
+        act: Union[str, tuple] = "RELU",
+        norm: Optional[Union[str, tuple]] = None,
+        use_deform_conv: bool = False,
+    ) -> None:
+        super().__init__()
+        if upsampling not in _UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {_UPSAMPLING}, got {upsampling!r}")
+        if scales not in (1, 2, 3):
+            raise ValueError(f"scales must be 1, 2 or 3, got {scales}")
+        filters = tuple(int(f) for f in filters)
+        if len(filters) < 3:
+            raise ValueError(f"MattingUNet needs >= 3 levels (F1, F2, F3), got filters={filters}")
+        self.in_channels = in_channels
+        self.latent_channels = latent_channels
+        self.upsampling = upsampling
+        self.scales = scales
+        f1, f2, f3 = filters[:3]
+
+        def upsampler(cin: int, cout: int, implicit: bool) -> nn.Module:
+            if implicit and upsampling != "bilinear":
+                return RegionAwareImplicitUpsampler(
+                    cin, cout, implicit_hidden, kernel_size, mode=upsampling,
+                    area_weighting=area_weighting, use_deform_conv=use_deform_conv,
+                )
+            return InterpolateConvUpsampler(cin, cout, act=act, norm=norm)
+
+        self.encoder = UNetEncoder(in_channels + latent_channels, filters, convs_per_block, act, norm)
+        # ordinary U-Net decoder from the deepest level back to F3's grid (H/4)
+        self.deep_decoder = UNetDecoder(filters[2:], convs_per_block, act, norm) if len(filters) > 3 else None
+        self.up3 = upsampler(f3, f2, implicit=scales >= 3)  # F3 -> F2's grid
+        self.prop2 = conv_block(2 * f2 + 1, f2, convs_per_block, act, norm)  # [F2; M3; U]
+        self.up2 = upsampler(f2, f1, implicit=scales >= 2)  # -> output grid (scales >= 2) or input grid
+        self.prop1 = conv_block(2 * f1 + 1, f1, convs_per_block, act, norm)  # [F1; M23; U]
+        self.up1 = upsampler(f1, f1, implicit=True) if scales == 1 else None  # -> output grid
+        self.output_block = nn.Sequential(
+            Convolution(2, f1, f1, kernel_size=3, act=act, norm=norm),
+            Convolution(2, f1, 1, kernel_size=3, conv_only=True),
+        )
+
+    def implicit_upsamplers(self) -> dict:
+        """The implicit upsamplers by name (``up3``, ``up2``, ``up1``), e.g. to draw learned offsets."""
+        return {
+            name: m
+            for name, m in (("up3", self.up3), ("up2", self.up2), ("up1", self.up1))
+            if isinstance(m, RegionAwareImplicitUpsampler)
+        }
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        latent: torch.Tensor,
+        uncertainty: torch.Tensor,
+        output_size: Optional[Sequence[int]] = None,
+    ) -> torch.Tensor:
+        """Alpha matte (B, 1, *output_size) in [0, 1].
+
+        Args:
+            image: (B, in_channels, H, W).
+            latent: (B, latent_channels, H, W) Probabilistic U-Net features.
+            uncertainty: (B, 1, H, W) uncertainty map in [0, 1].
+            output_size: target grid (H', W'); default the input grid.
+        """
+        in_size: Tuple[int, int] = tuple(image.shape[-2:])  # type: ignore[assignment]
+        out_size = in_size if output_size is None else tuple(int(s) for s in output_size)
+        feats = self.encoder(torch.cat([image, latent], dim=1))
+        f1, f2 = feats[0], feats[1]
+        f3 = self.deep_decoder(feats[2:]) if self.deep_decoder is not None else feats[2]
+        m3 = self.up3(f3, f2.shape[-2:])
+        m23 = self.prop2(torch.cat([f2, m3, _resize(uncertainty, f2.shape[-2:])], dim=1))
+        grid1 = in_size if self.up1 is not None else out_size
+        m2 = self.up2(m23, grid1)
+        x = self.prop1(torch.cat([_resize(f1, grid1), m2, _resize(uncertainty, grid1)], dim=1))
+        if self.up1 is not None:
+            x = self.up1(x, out_size)
+        return torch.sigmoid(self.output_block(x))

@@ -1,0 +1,192 @@
+"""The whole model: Probabilistic U-Net -> uncertainty map -> Matting U-Net (paper Fig. 2).
+
+This is ``network_def`` of the bundle configs; its API is the contract in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scripts.networks.matting_unet import MattingUNet
+from scripts.networks.prob_unet import ProbabilisticUNet
+from scripts.networks.uncertainty import binary_entropy_uncertainty
+
+__all__ = ["MedicalMattingNet"]
+
+
+class MedicalMattingNet(nn.Module):
+    """Medical matting network with a multi-scale region-aware implicit decoder.
+
+    The Probabilistic U-Net runs its U-Net once per image; N prior samples (``fcomb`` only) give
+    N segmentation probability maps whose mean's binary entropy is the uncertainty map (no
+    gradient flows through it). The Matting U-Net takes the image, the Prob. U-Net's last
+    features and the uncertainty map and decodes the alpha matte at any requested grid.
+
+    Args:
+        in_channels: image channels (1 grey, 3 RGB).
+        prob_filters: Probabilistic U-Net filters.
+        latent_dim: dimension of the Prob. U-Net latent z.
+        num_fcomb_layers: 1x1 convolutions of ``fcomb``.
+        num_samples: prior samples N for the uncertainty map.
+        matting_filters: Matting U-Net filters (>= 3 levels).
+        upsampling: ``"region_aware"``, ``"local_ensemble"`` or ``"bilinear"`` (Table 2).
+        scales: levels fused by the implicit function, 1, 2 or 3 (Table 2).
+        kernel_size: k of the k x k implicit region, 1, 2 or 3 (Table 2).
+        implicit_hidden: hidden width of the implicit MLP.
+        area_weighting: LIIF area weights (k = 2 only).
+        convs_per_block: convolutions per U-Net level (both U-Nets).
+        latent_filters: prior / posterior encoder filters (default ``prob_filters``).
+        act: MONAI activation.
+        norm: MONAI normalisation (``None`` for none).
+        detach_latent: stop the matting loss from reaching the Prob. U-Net through its features.
+        sample_seed: in ``eval()`` mode draw the prior samples from a local generator seeded with
+            this value on every call (deterministic predictions without touching the global RNG);
+            ``None`` uses the global RNG (``torch.manual_seed`` then makes calls repeatable).
+        use_deform_conv: implicit sampling through torchvision's deform_conv2d (needs torchvision).
+
+    Example::
+
+        net = MedicalMattingNet(in_channels=1).eval()
+        alpha = net(image)                               # (B, 1, H, W)
+        out = net.predict(image, output_size=(256, 256)) # alpha, uncertainty, sample_probs
+        train_out = net.train().forward_train(image, seg_target)
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        prob_filters: Sequence[int] = (32, 64, 128, 192),
+        latent_dim: int = 6,
+        num_fcomb_layers: int = 3,
+        num_samples: int = 8,
+        matting_filters: Sequence[int] = (16, 32, 64, 128),
+        upsampling: str = "region_aware",
+        scales: int = 3,
+        kernel_size: int = 2,
+        implicit_hidden: int = 64,
+        area_weighting: bool = False,
+        convs_per_block: int = 2,
+        latent_filters: Optional[Sequence[int]] = None,
+        act: Union[str, tuple] = "RELU",
+        norm: Optional[Union[str, tuple]] = None,
+        detach_latent: bool = False,
+        sample_seed: Optional[int] = None,
+        use_deform_conv: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.in_channels = in_channels
+        self.num_samples = num_samples
+        self.detach_latent = detach_latent
+        self.sample_seed = sample_seed
+        self.prob_unet = ProbabilisticUNet(
+            in_channels, prob_filters, latent_dim, num_fcomb_layers, convs_per_block, latent_filters, act, norm
+        )
+        self.matting_unet = MattingUNet(
+            in_channels,
+            self.prob_unet.feature_channels,
+            matting_filters,
+            upsampling=upsampling,
+            scales=scales,
+            kernel_size=kernel_size,
+            implicit_hidden=implicit_hidden,
+            area_weighting=area_weighting,
+            convs_per_block=convs_per_block,
+            act=act,
+            norm=norm,
+            use_deform_conv=use_deform_conv,
+        )
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _check_image(self, image: torch.Tensor) -> None:
+        if not torch.is_tensor(image) or image.ndim != 4 or image.shape[1] != self.in_channels:
+            shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+            raise ValueError(f"MedicalMattingNet expects an image (B, {self.in_channels}, H, W), got {shape}")
+
+    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+        if self.training or self.sample_seed is None:
+            return None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(self.sample_seed))
+        return gen
+
+    def _prior_samples(self, image: torch.Tensor, features: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Sigmoid probabilities of N prior samples (B, N, H, W), without gradient."""
+        with torch.no_grad():
+            prior = self.prob_unet.prior(image)
+            z = self.prob_unet.sample_latents(prior, num_samples, self._generator(image.device))
+            return torch.sigmoid(self.prob_unet.combine(features.detach(), z))
+
+    def _matting_latent(self, features: torch.Tensor) -> torch.Tensor:
+        return features.detach() if self.detach_latent else features
+
+    # --------------------------------------------------------------------------------- public API
+    def predict(
+        self,
+        image: torch.Tensor,
+        output_size: Optional[Sequence[int]] = None,
+        num_samples: Optional[int] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Alpha matte, uncertainty map and prior-sample probabilities.
+
+        Args:
+            image: (B, in_channels, H, W) float in [0, 1].
+            output_size: grid (H', W') of ``alpha`` and ``uncertainty``; default (H, W).
+            num_samples: prior samples N (default: the constructor's ``num_samples``).
+
+        Returns:
+            ``alpha`` (B, 1, H', W') in [0, 1]; ``uncertainty`` (B, 1, H', W') in [0, 1];
+            ``sample_probs`` (B, N, H, W).
+        """
+        self._check_image(image)
+        n = self.num_samples if num_samples is None else int(num_samples)
+        features = self.prob_unet.features(image)
+        sample_probs = self._prior_samples(image, features, n)
+        uncertainty = binary_entropy_uncertainty(sample_probs)
+        alpha = self.matting_unet(image, self._matting_latent(features), uncertainty, output_size)
+        if alpha.shape[-2:] != uncertainty.shape[-2:]:
+            uncertainty = F.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
+        return {"alpha": alpha, "uncertainty": uncertainty.clamp(0.0, 1.0), "sample_probs": sample_probs}
+
+    def forward(self, image: torch.Tensor, output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Alpha matte (B, 1, H, W), or (B, 1, *output_size), values in [0, 1]."""
+        return self.predict(image, output_size)["alpha"]
+
+    def forward_train(self, image: torch.Tensor, seg_target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Training pass: posterior sample for the segmentation loss, prior samples for the uncertainty.
+
+        Args:
+            image: (B, in_channels, H, W) float in [0, 1].
+            seg_target: (B, 1, H, W) binary pseudo ground-truth mask.
+
+        Returns:
+            ``alpha`` (B, 1, H, W), ``uncertainty`` (B, 1, H, W) without gradient, ``seg_logits``
+            (B, 1, H, W) of one posterior sample, ``kl`` (B,) = KL(q(z|x,y) || p(z|x)),
+            ``sample_probs`` (B, N, H, W).
+        """
+        self._check_image(image)
+        if seg_target.ndim != 4 or seg_target.shape[1] != 1 or seg_target.shape[-2:] != image.shape[-2:]:
+            raise ValueError(
+                f"seg_target must be (B, 1, {image.shape[-2]}, {image.shape[-1]}), got {tuple(seg_target.shape)}"
+            )
+        prob = self.prob_unet
+        features = prob.features(image)
+        prior = prob.prior(image)
+        posterior = prob.posterior(image, seg_target)
+        seg_logits = prob.combine(features, posterior.rsample().unsqueeze(1))  # (B, 1, H, W)
+        kl = prob.kl(posterior, prior)
+        sample_probs = self._prior_samples(image, features, self.num_samples)
+        uncertainty = binary_entropy_uncertainty(sample_probs)
+        alpha = self.matting_unet(image, self._matting_latent(features), uncertainty)
+        return {
+            "alpha": alpha,
+            "uncertainty": uncertainty,
+            "seg_logits": seg_logits,
+            "kl": kl,
+            "sample_probs": sample_probs,
+        }
