@@ -1,0 +1,85 @@
+"""Read a prepared dataset's ``datalist.json`` and split it into cross-validation folds.
+
+Example:
+    >>> dl = load_datalist("data/phantom")  # doctest: +SKIP
+    >>> train, test = split_folds(dl, test_fold=0)  # doctest: +SKIP
+    >>> test[0]["image"]  # absolute path  # doctest: +SKIP
+    '/.../data/phantom/images/case003.png'
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+
+from scripts.data.errors import DatasetValidationError
+
+__all__ = ["load_datalist", "split_folds"]
+
+_REQUIRED_TOP = ("name", "num_folds", "raters", "spatial_shape", "channels", "training")
+_PATH_KEYS = ("image", "alpha", "trimap")
+
+
+def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict:
+    """Load ``dataset_dir/datalist.json`` with every path made absolute.
+
+    Args:
+        dataset_dir: a folder written by ``python -m scripts.prepare_data``.
+        check_files: raise when a listed file is missing.
+
+    Returns:
+        the datalist dict (``name``, ``num_folds``, ``seed``, ``raters``, ``spatial_shape``, ``channels``,
+        ``training``, ...); ``training`` items hold absolute ``str`` paths for ``image``, ``alpha``,
+        ``trimap`` and each of ``masks``, plus ``case`` and ``fold``.
+
+    Raises:
+        DatasetValidationError: missing or malformed datalist, a fold out of range, a missing file.
+    """
+    root = Path(dataset_dir).expanduser().absolute()
+    path = root / "datalist.json"
+    if not path.is_file():
+        raise DatasetValidationError(f"{path}: not found (prepare the data with python -m scripts.prepare_data)")
+    try:
+        with open(path) as f:
+            datalist = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetValidationError(f"{path}: cannot read ({e})") from e
+    if not isinstance(datalist, dict) or any(k not in datalist for k in _REQUIRED_TOP):
+        raise DatasetValidationError(f"{path}: expected a dict with keys {list(_REQUIRED_TOP)}")
+    num_folds = datalist["num_folds"]
+    items = []
+    for i, item in enumerate(datalist["training"]):
+        if not isinstance(item, dict) or any(k not in item for k in (*_PATH_KEYS, "masks", "fold", "case")):
+            raise DatasetValidationError(f"{path}: training item {i} lacks image/alpha/masks/trimap/fold/case")
+        if not isinstance(item["fold"], int) or not 0 <= item["fold"] < num_folds:
+            raise DatasetValidationError(f"{path}: case '{item['case']}' has fold {item['fold']!r}, "
+                                         f"expected 0 .. {num_folds - 1}")
+        new = dict(item)
+        for key in _PATH_KEYS:
+            new[key] = str(root / item[key])
+        new["masks"] = [str(root / m) for m in item["masks"]]
+        if check_files:
+            for p in (*(new[k] for k in _PATH_KEYS), *new["masks"]):
+                if not Path(p).is_file():
+                    raise DatasetValidationError(f"{path}: case '{item['case']}': file {p} is missing")
+        items.append(new)
+    return {**datalist, "training": items}
+
+
+def split_folds(datalist: dict, test_fold: int) -> tuple[list[dict], list[dict]]:
+    """Split ``datalist["training"]`` into (train items, test items) for one cross-validation round.
+
+    Args:
+        datalist: as returned by :func:`load_datalist`.
+        test_fold: the held-out fold, ``0 .. num_folds-1``.
+
+    Returns:
+        ``(items of every other fold, items of test_fold)``, each in datalist order.
+    """
+    num_folds = datalist["num_folds"]
+    if not 0 <= test_fold < num_folds:
+        raise ValueError(f"test_fold must be in 0 .. {num_folds - 1}, got {test_fold}")
+    train = [item for item in datalist["training"] if item["fold"] != test_fold]
+    test = [item for item in datalist["training"] if item["fold"] == test_fold]
+    return train, test
