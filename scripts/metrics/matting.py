@@ -348,10 +348,8 @@ class MattingMetric(CumulativeIterationMetric):
     def _compute_list(self, y_pred: Any, y: Any = None, mask: Any = None, **kwargs: Any) -> torch.Tensor:
         if y is None:
             raise ValueError(f"MattingMetric({self.name!r}) needs the true alpha y.")
-        if mask is None or isinstance(mask, torch.Tensor) and mask.ndim == 4:
-            masks: Sequence[Any] = [None] * len(y_pred) if mask is None else list(mask)
-        else:
-            masks = list(mask)
+        # mask: None, a batch-first tensor or a list of channel-first tensors, split like y_pred and y
+        masks: Sequence[Any] = [None] * len(y_pred) if mask is None else list(mask)
         if not len(y_pred) == len(y) == len(masks):
             raise ValueError(f"y_pred, y and mask lists differ in length: {len(y_pred)}, {len(y)}, {len(masks)}.")
         out = [
