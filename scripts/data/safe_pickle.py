@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import _compat_pickle
 import importlib
 import io
 import pickle
@@ -78,6 +79,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - documented in the class
+        # Python 2 names (protocol <= 2, e.g. __builtin__.set) are mapped as pickle's own find_class does;
+        # the mapped name must still be on the allow-list
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) not in self.allowed:
             raise UnsafePickleError(
                 f"{self.source}: refused to load global '{module}.{name}': only builtin containers/scalars "
