@@ -1,0 +1,1 @@
+"""Classic (non-learned) matting baselines, for comparison with the learned model."""
