@@ -50,10 +50,10 @@ def fetch_source(source: str | PathLike, download_dir: str | PathLike, sha256: s
     Raises:
         DatasetSourceError: missing file, no hash for a URL, failed download or hash mismatch.
     """
-    from monai.apps.utils import HashCheckError, check_hash, download_url  # lazy: monai is slow to import
-
     source_str = str(source)
     if is_url(source_str):
+        from monai.apps.utils import HashCheckError, download_url  # lazy: monai is slow to import
+
         if not sha256:
             raise DatasetSourceError(f"{source_str}: a URL source needs a pinned sha256 (pass --source-sha256 "
                                      "/ --trimaps-sha256)")
@@ -64,7 +64,7 @@ def fetch_source(source: str | PathLike, download_dir: str | PathLike, sha256: s
             download_url(source_str, filepath=target, hash_val=sha256.lower(), hash_type="sha256", progress=False)
         except HashCheckError as e:
             raise DatasetSourceError(f"{source_str}: sha256 mismatch, expected {sha256} ({e})") from e
-        except OSError as e:  # URLError, HTTPError, ContentTooShortError are OSErrors
+        except (OSError, RuntimeError) as e:  # URLError, HTTPError, ContentTooShortError are OSErrors
             raise DatasetSourceError(f"{source_str}: download failed ({e})") from e
         if not target.is_file():
             raise DatasetSourceError(f"{source_str}: download produced no file at {target}")
@@ -72,8 +72,11 @@ def fetch_source(source: str | PathLike, download_dir: str | PathLike, sha256: s
     path = Path(source_str).expanduser()
     if not path.exists():
         raise DatasetSourceError(f"{path}: source not found")
-    if sha256 and path.is_file() and not check_hash(path, sha256.lower(), "sha256"):
-        raise DatasetSourceError(f"{path}: sha256 mismatch, expected {sha256}")
+    if sha256 and path.is_file():
+        from monai.apps.utils import check_hash
+
+        if not check_hash(path, sha256.lower(), "sha256"):
+            raise DatasetSourceError(f"{path}: sha256 mismatch, expected {sha256}")
     return path
 
 
