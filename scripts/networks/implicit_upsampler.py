@@ -215,8 +215,10 @@ class RegionAwareImplicitUpsampler(nn.Module):
         pred = self.mlp(torch.cat([codes, rel_map], dim=1)).view(b, self.out_channels, kk, hq, wq)
         if self.area_weighting:
             # LIIF: each code's prediction is weighted by the area of the rectangle between the query
-            # and the diagonally opposite code (order 00, 01, 10, 11 -> opposite is index 3 - i)
-            area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9  # (B, 4, Hq, Wq)
+            # and the diagonally opposite code (order 00, 01, 10, 11 -> opposite is index 3 - i).
+            # eps per side (not per area) keeps border-clamped / coinciding codes well defined.
+            eps = 1e-6
+            area = (rel[..., 0].abs() + eps) * (rel[..., 1].abs() + eps)  # (B, 4, Hq, Wq)
             weight = area.flip(1) / area.sum(dim=1, keepdim=True)
             return (pred * weight.unsqueeze(1)).sum(dim=2)
         return pred.sum(dim=2)
