@@ -1,0 +1,321 @@
+"""Write predicted alpha mattes and uncertainty maps to disk, one set of files per case.
+
+For a case ``<case>`` four files are written into ``output_dir``:
+
+- ``<case>_alpha.png``        8-bit grey, ``round(alpha * 255)`` (for viewing)
+- ``<case>_alpha.npy``        float32, the exact predicted values
+- ``<case>_uncertainty.png``  8-bit grey, ``round(uncertainty * 255)``
+- ``<case>_uncertainty.npy``  float32, the exact values
+
+Arrays are written as (H, W) in the same row-major (row, column) order they have in memory:
+no transpose, so a PNG read back with PIL / ``np.asarray(Image.open(...))`` or with MONAI's
+``PILReader(reverse_indexing=False)`` has the orientation of the input image when the input was
+loaded that way too. Every file is written to a temporary file in ``output_dir`` first and then
+moved into place with ``os.replace``, so a reader never sees a half-written file.
+
+Why not MONAI's ``SaveImage(d)`` / ``PILWriter``: checked with MONAI 1.6.1, ``PILWriter`` converts
+``[0, 1]`` floats to 8 bits by truncation (``(255 * x).astype(uint8)``: 0.5 -> 127, 0.999 -> 254)
+instead of rounding, transposes (H, W) arrays by default (``reverse_indexing=True``), writes in
+place (not atomically), has no ``.npy`` output and names files after the source image's metadata.
+The PNG and NumPy files are therefore written here with Pillow and NumPy directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "MattingPredictionWriter",
+    "write_matting_prediction",
+    "to_uint8",
+    "case_name_from_path",
+    "matting_items_from_output",
+]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+# file name suffixes understood as part of a file's extension (longest first)
+_MULTI_SUFFIXES = (".nii.gz", ".nrrd.gz", ".mha.gz")
+_SAFE_CASE = re.compile(r"^[A-Za-z0-9._+\-=@ ()\[\]]+$")
+
+
+def case_name_from_path(path: Union[str, os.PathLike]) -> str:
+    """The case name of an image file: its base name without the extension (``a/b/x.nii.gz`` -> ``x``)."""
+    name = Path(str(path)).name
+    for suffix in _MULTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _check_case(case: str) -> str:
+    case = str(case)
+    if not case or case in (".", "..") or not _SAFE_CASE.match(case):
+        raise ValueError(
+            f"case name {case!r} cannot be used as a file name (allowed: letters, digits, spaces and ._+-=@()[])"
+        )
+    return case
+
+
+def _as_2d(array: ArrayLike, case: str, what: str) -> np.ndarray:
+    """(H, W), (1, H, W) or (1, 1, H, W) array/tensor -> float32 (H, W) numpy array, checked."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"{case}: {what} must be (H, W) or (1, H, W), got shape {tuple(np.shape(array))}")
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{case}: {what} contains NaN or infinite values")
+    return array
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """``round(values * 255)`` clipped to 0..255 as uint8 (values expected in [0, 1])."""
+    return np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then ``os.replace`` it to ``path``."""
+    # a unique name in the same folder (same file system for os.replace); opened with the usual
+    # umask-derived permissions, unlike tempfile.mkstemp's owner-only 0600
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_matting_prediction(
+    output_dir: Union[str, os.PathLike],
+    case: str,
+    alpha: ArrayLike,
+    uncertainty: Optional[ArrayLike] = None,
+) -> Dict[str, Path]:
+    """Write one case's alpha matte (and uncertainty map) as 8-bit PNG and exact float32 ``.npy``.
+
+    Args:
+        output_dir: folder for the files (created when missing).
+        case: case name, used as the file name prefix (no path separators).
+        alpha: predicted alpha matte in [0, 1], (H, W) or (1, H, W), numpy array or tensor.
+        uncertainty: uncertainty map in [0, 1] of the same kind, or ``None`` to write the alpha only.
+
+    Returns:
+        the written paths, keys ``alpha_png``, ``alpha_npy`` and, with an uncertainty map,
+        ``uncertainty_png``, ``uncertainty_npy``.
+
+    Raises:
+        ValueError: a bad case name, an array that is not 2-D or that holds NaN / inf values.
+
+    Example::
+
+        paths = write_matting_prediction("out", "case01", alpha=np.zeros((128, 128)), uncertainty=u)
+        np.load(paths["alpha_npy"])  # float32 (128, 128)
+    """
+    case = _check_case(case)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    maps = {"alpha": _as_2d(alpha, case, "alpha")}
+    if uncertainty is not None:
+        maps["uncertainty"] = _as_2d(uncertainty, case, "uncertainty")
+    written: Dict[str, Path] = {}
+    for kind, values in maps.items():
+        png_path, npy_path = out / f"{case}_{kind}.png", out / f"{case}_{kind}.npy"
+        image = Image.fromarray(to_uint8(values))  # (H, W) uint8 -> mode "L", rows stay rows
+        _atomic_write(png_path, lambda f, image=image: image.save(f, format="PNG"))
+        _atomic_write(npy_path, lambda f, values=values: np.save(f, values, allow_pickle=False))
+        written[f"{kind}_png"], written[f"{kind}_npy"] = png_path, npy_path
+    return written
+
+
+def _meta_filename(value: Any) -> Optional[str]:
+    meta = getattr(value, "meta", None)
+    if isinstance(meta, Mapping):
+        name = meta.get("filename_or_obj")
+        if isinstance(name, (list, tuple)):  # collated metadata
+            name = name[0] if len(name) == 1 else None
+        if isinstance(name, (str, os.PathLike)) and str(name):
+            return str(name)
+    return None
+
+
+def _split_batch(value: Any, n: int) -> List[Any]:
+    """Split a collated value (tensor, array, list) into ``n`` per-case values."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if value.ndim == 4:
+            return [value[i] for i in range(value.shape[0])]
+        if n == 1:
+            return [value]
+        raise ValueError(f"cannot split a value of shape {tuple(value.shape)} into {n} cases")
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"expected {n} values in the batch, got {len(value)}")
+        return list(value)
+    if n == 1:
+        return [value]
+    raise ValueError(f"cannot split a {type(value).__name__} into {n} cases")
+
+
+def matting_items_from_output(
+    output: Any,
+    batch: Any = None,
+    pred_key: str = "pred",
+    uncertainty_key: Optional[str] = "uncertainty",
+    case_key: str = "case",
+    image_key: str = "image",
+) -> List[Dict[str, Any]]:
+    """Per-case ``{"case", "alpha", "uncertainty"}`` dicts from an engine's output (and batch).
+
+    ``output`` is what MONAI engines leave in ``engine.state.output``: a list of per-case dicts
+    (``decollate=True``, the default) or one batched dict whose ``pred_key`` is (B, 1, H, W).
+    The case name comes from, in this order: ``output[case_key]``, ``batch[case_key]``, the
+    ``filename_or_obj`` metadata of ``output[image_key]`` or ``batch[image_key]`` (a MetaTensor),
+    reduced to the file's base name without extension.
+
+    Args:
+        output: ``engine.state.output``.
+        batch: ``engine.state.batch`` (same layout), used for the case name when the output lacks it.
+        pred_key: key of the alpha matte.
+        uncertainty_key: key of the uncertainty map (``None``: alpha only; a missing key is allowed).
+        case_key: key of the case name.
+        image_key: key of the input image (for its file name metadata).
+    """
+    if isinstance(output, Mapping):
+        if pred_key not in output:
+            raise KeyError(f"engine output has no {pred_key!r} key (keys: {sorted(map(str, output))})")
+        preds = output[pred_key]
+        n = preds.shape[0] if isinstance(preds, (torch.Tensor, np.ndarray)) and preds.ndim == 4 else 1
+        keys = [k for k in (pred_key, uncertainty_key, case_key, image_key) if k is not None and k in output]
+        per_key = {k: _split_batch(output[k], n) for k in keys}
+        outputs = [{k: per_key[k][i] for k in keys} for i in range(n)]
+        batches: List[Any] = [None] * n
+        if isinstance(batch, Mapping):
+            bkeys = [k for k in (case_key, image_key) if k in batch]
+            per_bkey = {k: _split_batch(batch[k], n) for k in bkeys}
+            batches = [{k: per_bkey[k][i] for k in bkeys} for i in range(n)]
+    elif isinstance(output, Sequence) and not isinstance(output, (str, bytes)):
+        outputs = list(output)
+        batches = list(batch) if isinstance(batch, Sequence) and len(batch) == len(outputs) else [None] * len(outputs)
+    else:
+        raise TypeError(f"engine output must be a dict or a list of dicts, got {type(output).__name__}")
+
+    items = []
+    for i, (out, bat) in enumerate(zip(outputs, batches)):
+        if not isinstance(out, Mapping) or pred_key not in out:
+            raise KeyError(f"engine output item {i} has no {pred_key!r} key")
+        case = None
+        for source in (out, bat):
+            if isinstance(source, Mapping) and source.get(case_key) is not None:
+                case = source[case_key]
+                break
+        if isinstance(case, (list, tuple)) and len(case) == 1:
+            case = case[0]
+        if case is None:
+            for source in (out, bat):
+                if isinstance(source, Mapping) and image_key in source:
+                    filename = _meta_filename(source[image_key])
+                    if filename:
+                        case = case_name_from_path(filename)
+                        break
+        if case is None:
+            raise ValueError(
+                f"engine output item {i}: no case name (no {case_key!r} key and no image file name metadata)"
+            )
+        unc = out.get(uncertainty_key) if uncertainty_key is not None else None
+        items.append({"case": str(case), "alpha": out[pred_key], "uncertainty": unc})
+    return items
+
+
+class MattingPredictionWriter:
+    """Ignite handler writing every case's predicted alpha matte and uncertainty map after each iteration.
+
+    Files per case (see :func:`write_matting_prediction`): ``<case>_alpha.png``, ``<case>_alpha.npy``,
+    ``<case>_uncertainty.png``, ``<case>_uncertainty.npy`` in ``output_dir``.
+
+    Args:
+        output_dir: folder for the files (created when missing).
+        output_transform: maps ``engine.state.output`` to what :func:`matting_items_from_output`
+            reads (default: the output unchanged: a dict or a list of dicts with ``pred_key`` and
+            ``uncertainty_key``).
+        batch_transform: maps ``engine.state.batch`` likewise (default unchanged); used only for
+            the case names.
+        pred_key: key of the alpha matte ((1, H, W) per case or (B, 1, H, W) batched).
+        uncertainty_key: key of the uncertainty map; ``None`` writes the alpha matte only.
+        case_key: key of the case name (else the image's ``filename_or_obj`` metadata is used).
+        image_key: key of the input image.
+        name: logger name (default: the engine's logger).
+
+    Example::
+
+        writer = MattingPredictionWriter(output_dir="eval/predictions")
+        writer.attach(evaluator)          # a SupervisedEvaluator whose output has "pred", "uncertainty"
+
+    In a bundle config::
+
+        {"_target_": "scripts.handlers.prediction_writer.MattingPredictionWriter",
+         "output_dir": "@output_dir"}
+    """
+
+    def __init__(
+        self,
+        output_dir: Union[str, os.PathLike],
+        output_transform: Callable[[Any], Any] = lambda x: x,
+        batch_transform: Callable[[Any], Any] = lambda x: x,
+        pred_key: str = "pred",
+        uncertainty_key: Optional[str] = "uncertainty",
+        case_key: str = "case",
+        image_key: str = "image",
+        name: Optional[str] = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.pred_key = pred_key
+        self.uncertainty_key = uncertainty_key
+        self.case_key = case_key
+        self.image_key = image_key
+        self._name = name
+        self.logger = logging.getLogger(name)
+        self.written: List[str] = []
+
+    def attach(self, engine) -> None:
+        """Register the writer on ``engine``'s ``ITERATION_COMPLETED`` event."""
+        from ignite.engine import Events
+
+        if self._name is None:
+            self.logger = engine.logger
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        items = matting_items_from_output(
+            self.output_transform(engine.state.output),
+            self.batch_transform(engine.state.batch),
+            pred_key=self.pred_key,
+            uncertainty_key=self.uncertainty_key,
+            case_key=self.case_key,
+            image_key=self.image_key,
+        )
+        for item in items:
+            write_matting_prediction(self.output_dir, item["case"], item["alpha"], item["uncertainty"])
+            self.written.append(item["case"])
+            self.logger.debug(f"wrote the prediction of {item['case']} to {self.output_dir}")
