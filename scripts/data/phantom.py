@@ -128,8 +128,8 @@ def make_phantom_case(rng: np.random.Generator, preset: str | PhantomPreset = "b
     dist = rho - radius + rng.uniform(0.0, 0.06) * r0 * _smooth_noise(rng, (h, w), 10.0 * scale)
 
     # border softness varying around the contour: width in pixels, from ~0.5 (sharp) to several pixels
-    log_width = np.log(rng.uniform(1.0, 3.5) * scale) + _fourier(rng, theta, range(1, 4), 1.6)
-    width = np.clip(np.exp(log_width), 0.5, 0.25 * r0)
+    log_width = np.log(rng.uniform(1.5, 4.5) * scale) + _fourier(rng, theta, range(1, 4), 1.6)
+    width = np.clip(np.exp(log_width), 0.5, 0.3 * r0)
     t = np.clip(0.5 - dist / width, 0.0, 1.0)
     alpha = _to_uint8(t * t * (3.0 - 2.0 * t))
     a = alpha.astype(np.float64) / 255.0
