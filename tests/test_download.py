@@ -150,3 +150,30 @@ def test_brain_growth_download_path_with_pinned_hashes(brain_growth_dir, tmp_pat
     dl = json.loads((out / "datalist.json").read_text())
     assert [it["case"] for it in dl["training"]] == ["case01", "case02", "case03", "case04", "case05"]
     assert dl["source_sha256"] == spec.source.sha256 and dl["trimaps_sha256"] == spec.trimaps.sha256
+
+
+def test_trimap_source_must_be_grey_pngs(tmp_path):
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "tri"
+    folder.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(folder / "a.png")
+    assert read_trimap_source(folder)["a"].shape == (4, 4)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8), mode="RGB").save(folder / "b.png")
+    with pytest.raises(DatasetSourceError, match="b.png: trimap must be an 8-bit grey PNG"):
+        read_trimap_source(folder)
+    path = tmp_path / "t.zip"
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(buf, format="PNG")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("trimap/c1.png", buf.getvalue())
+        zf.writestr("other/c1.png", buf.getvalue())
+        zf.writestr("__MACOSX/trimap/._c2.png", b"junk")
+    with pytest.raises(DatasetSourceError, match="two trimaps for case 'c1'"):
+        read_trimap_source(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("trimap/c1.png", b"not a png")
+    with pytest.raises(DatasetSourceError, match="cannot decode"):
+        read_trimap_source(path)
