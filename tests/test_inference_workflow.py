@@ -1,0 +1,231 @@
+"""Inference workflow: ``python -m monai.bundle run inference --config_file configs/inference.yaml``."""
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scripts.networks import MedicalMattingNet
+from scripts.workflows.inference import (
+    EnsureImage2Dd,
+    MattingInferer,
+    intensity_scaling,
+    list_input_images,
+    require_checkpoint,
+)
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+TINY = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8, 8], "implicit_hidden": 8}
+TINY_CLI = [
+    "--network_def#prob_filters", "[4,8,8,8]",
+    "--network_def#matting_filters", "[4,8,8,8]",
+    "--network_def#implicit_hidden", "8",
+    "--num_samples", "2",
+]  # fmt: skip
+
+
+def _phantom(h: int, w: int, seed: int) -> np.ndarray:
+    """uint8 grey image: a blurred off-centre ellipse on a noisy background (not symmetric)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.sqrt(((yy - 0.4 * h) / (0.25 * h)) ** 2 + ((xx - 0.6 * w) / (0.3 * w)) ** 2)
+    img = 40 + 160 * np.clip(1.5 - r, 0, 1) + rng.normal(0, 10, (h, w)) + 30 * (xx / w)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _tiny_net(seed: int) -> MedicalMattingNet:
+    torch.manual_seed(seed)
+    net = MedicalMattingNet(num_samples=2, sample_seed=0, **TINY)
+    with torch.no_grad():  # move the weights away from any fresh initialisation
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net.eval()
+
+
+def _expected(net: MedicalMattingNet, img_u8: np.ndarray, output_size=None):
+    x = torch.from_numpy(img_u8.astype(np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        out = net.predict(x, output_size=output_size)
+    return out["alpha"][0, 0].numpy(), out["uncertainty"][0, 0].numpy()
+
+
+def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(BUNDLE_ROOT))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
+    return subprocess.run(
+        cmd + list(args) + TINY_CLI, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.timeout(180)
+def test_folder_with_output_size_matches_the_checkpointed_network(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    images = {f"p{i}": _phantom(32, 32, seed=i) for i in range(3)}
+    for case, img in images.items():
+        Image.fromarray(img).save(inp / f"{case}.png")
+    (inp / "README.txt").write_text("not an image")
+    net = _tiny_net(seed=7)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, ckpt)  # dict form, key "model" (ckpt_key)
+
+    res = _run("--input_path", str(inp), "--output_dir", str(out), "--output_size", "[48,48]", "--ckpt_path", str(ckpt))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "README.txt" in res.stderr  # skipped with a warning naming it
+
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{c}_{k}.{e}" for c in images for k in ("alpha", "uncertainty") for e in ("png", "npy"))
+    for case, img in images.items():
+        alpha = np.load(out / f"{case}_alpha.npy")
+        unc = np.load(out / f"{case}_uncertainty.npy")
+        assert alpha.shape == unc.shape == (48, 48) and alpha.dtype == np.float32
+        assert 0.0 <= alpha.min() and alpha.max() <= 1.0 and 0.0 <= unc.min() and unc.max() <= 1.0
+        # same values as the saved network on img / 255, in the same orientation
+        exp_alpha, exp_unc = _expected(net, img, output_size=(48, 48))
+        np.testing.assert_allclose(alpha, exp_alpha, atol=1e-5)
+        np.testing.assert_allclose(unc, exp_unc, atol=1e-5)
+        with Image.open(out / f"{case}_alpha.png") as im:
+            np.testing.assert_array_equal(np.asarray(im), np.rint(alpha.astype(np.float64) * 255).astype(np.uint8))
+
+
+@pytest.mark.timeout(180)
+def test_single_file_at_input_size_with_mlflow_tracking(tmp_path):
+    img = _phantom(24, 40, seed=3)  # non-square: a transpose would change the shape
+    src = tmp_path / "scan.png"
+    Image.fromarray(img).save(src)
+    net = _tiny_net(seed=11)
+    ckpt = tmp_path / "weights.pt"
+    torch.save(net.state_dict(), ckpt)  # plain state_dict form
+    out = tmp_path / "out"
+
+    res = _run("--input_path", str(src), "--output_dir", str(out), "--ckpt_path", str(ckpt), "--tracking", "mlflow")
+    assert res.returncode == 0, res.stderr[-3000:]
+    alpha = np.load(out / "scan_alpha.npy")
+    assert alpha.shape == (24, 40)
+    np.testing.assert_allclose(alpha, _expected(net, img)[0], atol=1e-5)
+    with Image.open(out / "scan_uncertainty.png") as im:
+        assert im.size == (40, 24)  # PIL size is (width, height)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+@pytest.mark.timeout(120)
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    Image.fromarray(_phantom(16, 16, 0)).save(tmp_path / "a.png")
+    missing = tmp_path / "no_such_model.pt"
+    res = _run("--input_path", str(tmp_path / "a.png"), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(missing))
+    assert res.returncode != 0
+    assert "FileNotFoundError: checkpoint not found" in res.stderr and str(missing) in res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_allow_untrained_runs_in_process(tmp_path):
+    from monai.bundle import run
+
+    Image.fromarray(_phantom(16, 20, 1)).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    overrides = {
+        "network_def#prob_filters": TINY["prob_filters"],
+        "network_def#matting_filters": TINY["matting_filters"],
+        "network_def#implicit_hidden": 8,
+        "num_samples": 2,
+    }
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        run(
+            "inference",
+            config_file=str(BUNDLE_ROOT / "configs" / "inference.yaml"),
+            meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
+            bundle_root=str(BUNDLE_ROOT),
+            input_path=str(tmp_path / "b.png"),
+            output_dir=str(out),
+            ckpt_path=str(tmp_path / "absent.pt"),
+            allow_untrained=True,
+            input_size=[32, 32],
+            **overrides,
+        )
+    # resized to 32 x 32 for the network, written back at the input size
+    assert np.load(out / "b_alpha.npy").shape == (16, 20)
+    assert np.load(out / "b_uncertainty.npy").shape == (16, 20)
+
+
+def test_list_input_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_input_images(tmp_path / "nope")
+    with pytest.raises(ValueError, match="--input_path"):
+        list_input_images(None)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a supported image"):
+        list_input_images(tmp_path / "notes.txt")
+    with pytest.warns(UserWarning, match="notes.txt"), pytest.raises(FileNotFoundError, match="no image found"):
+        list_input_images(tmp_path)
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    with pytest.warns(UserWarning):
+        data = list_input_images(tmp_path)
+    assert data == [
+        {"image": str(tmp_path / "a.nii.gz"), "case": "a"},
+        {"image": str(tmp_path / "b.png"), "case": "b"},
+    ]
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="same case name 'a'"):
+        list_input_images(tmp_path)
+
+
+def test_require_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "m.pt")):
+        require_checkpoint(tmp_path / "m.pt")
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        assert require_checkpoint(tmp_path / "m.pt", allow_untrained=True) is None
+    (tmp_path / "m.pt").write_bytes(b"x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert require_checkpoint(tmp_path / "m.pt") == str(tmp_path / "m.pt")
+
+
+def test_ensure_image_2d_and_intensity_scaling():
+    from monai.data import MetaTensor
+
+    img = MetaTensor(torch.arange(12.0).reshape(1, 3, 4, 1), meta={"filename_or_obj": "x.nii"})
+    out = EnsureImage2Dd("image", channels=1)({"image": img})["image"]
+    assert tuple(out.shape) == (1, 3, 4)
+    rgb = MetaTensor(torch.zeros(3, 4, 4), meta={"filename_or_obj": "photo.png"})
+    with pytest.raises(ValueError, match="photo.png: the image has 3 channel"):
+        EnsureImage2Dd("image", channels=1)({"image": rgb})
+    with pytest.raises(ValueError, match="2-D"):
+        EnsureImage2Dd("image")({"image": torch.zeros(1, 4, 4, 4)})
+
+    u8 = torch.tensor([[[0.0, 51.0, 255.0]]])
+    np.testing.assert_allclose(intensity_scaling("image", [0, 255])({"image": u8})["image"], u8 / 255.0)
+    minmax = intensity_scaling("image", None)({"image": torch.tensor([[[10.0, 20.0, 30.0]]])})["image"]
+    np.testing.assert_allclose(minmax, [[[0.0, 0.5, 1.0]]])
+    with pytest.raises(ValueError, match="intensity_range"):
+        intensity_scaling("image", [255, 0])
+
+
+def test_matting_inferer_sizes():
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def predict(self, x, output_size=None, num_samples=None):
+            seen["input"], seen["output_size"] = tuple(x.shape), output_size
+            return {"alpha": torch.zeros(1), "uncertainty": torch.zeros(1)}
+
+    MattingInferer()(torch.zeros(2, 1, 10, 14), Recorder())
+    assert seen == {"input": (2, 1, 10, 14), "output_size": (10, 14)}
+    MattingInferer(output_size=[20, 28], input_size=[8, 8])(torch.zeros(1, 1, 10, 14), Recorder())
+    assert seen == {"input": (1, 1, 8, 8), "output_size": (20, 28)}
+    MattingInferer(input_size=[8, 8])(torch.zeros(1, 1, 10, 14), Recorder())
+    assert seen == {"input": (1, 1, 8, 8), "output_size": (10, 14)}
+    with pytest.raises(ValueError, match="output_size"):
+        MattingInferer(output_size=[0, 5])
