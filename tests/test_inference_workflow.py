@@ -64,16 +64,20 @@ def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(180)
-def test_folder_with_output_size_matches_the_checkpointed_network(tmp_path):
+def test_folder_of_png_and_nifti_with_output_size_matches_the_checkpointed_network(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     images = {f"p{i}": _phantom(32, 32, seed=i) for i in range(3)}
     for case, img in images.items():
         Image.fromarray(img).save(inp / f"{case}.png")
     (inp / "README.txt").write_text("not an image")
+    import nibabel as nib
+
+    images["n0"] = _phantom(32, 32, seed=9)  # a 2-D NIfTI: read by nibabel in its array order
+    nib.save(nib.Nifti1Image(images["n0"].astype(np.float32), np.eye(4)), str(inp / "n0.nii.gz"))
     net = _tiny_net(seed=7)
     ckpt = tmp_path / "model.pt"
-    torch.save({"model": net.state_dict()}, ckpt)  # dict form, key "model" (ckpt_key)
+    torch.save({"network": net.state_dict(), "epoch": torch.tensor(3)}, ckpt)  # training-checkpoint form
 
     res = _run("--input_path", str(inp), "--output_dir", str(out), "--output_size", "[48,48]", "--ckpt_path", str(ckpt))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -209,6 +213,7 @@ def test_ensure_image_2d_and_intensity_scaling():
     np.testing.assert_allclose(intensity_scaling("image", [0, 255])({"image": u8})["image"], u8 / 255.0)
     minmax = intensity_scaling("image", None)({"image": torch.tensor([[[10.0, 20.0, 30.0]]])})["image"]
     np.testing.assert_allclose(minmax, [[[0.0, 0.5, 1.0]]])
+    assert type(intensity_scaling("image", "null")) is type(intensity_scaling("image", None))
     with pytest.raises(ValueError, match="intensity_range"):
         intensity_scaling("image", [255, 0])
 
@@ -227,5 +232,8 @@ def test_matting_inferer_sizes():
     assert seen == {"input": (1, 1, 8, 8), "output_size": (20, 28)}
     MattingInferer(input_size=[8, 8])(torch.zeros(1, 1, 10, 14), Recorder())
     assert seen == {"input": (1, 1, 8, 8), "output_size": (10, 14)}
-    with pytest.raises(ValueError, match="output_size"):
-        MattingInferer(output_size=[0, 5])
+    MattingInferer(output_size="null", input_size="None")(torch.zeros(1, 1, 10, 14), Recorder())  # CLI spellings
+    assert seen == {"input": (1, 1, 10, 14), "output_size": (10, 14)}
+    for bad in ([0, 5], [4.5, 4], "48", [48]):
+        with pytest.raises(ValueError, match="output_size"):
+            MattingInferer(output_size=bad)

@@ -51,6 +51,13 @@ IMAGE_SUFFIXES = (
 )  # fmt: skip
 
 
+def _none_if_null(value: Any) -> Any:
+    """``None`` for ``None`` and the command-line spellings ``"null"`` / ``"none"`` (fire passes them as text)."""
+    if isinstance(value, str) and value.strip().lower() in ("null", "none", ""):
+        return None
+    return value
+
+
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
 
@@ -74,7 +81,7 @@ def list_input_images(input_path: Optional[Union[str, os.PathLike]]) -> List[Dic
 
         list_input_images("images/")  # [{"image": "images/case01.png", "case": "case01"}, ...]
     """
-    if input_path is None or str(input_path).strip() == "":
+    if _none_if_null(input_path) is None:
         raise ValueError("no input given: set the input image or folder with --input_path PATH")
     path = Path(input_path).expanduser()
     if not path.exists():
@@ -175,11 +182,13 @@ def intensity_scaling(keys: KeysCollection, intensity_range: Optional[Sequence[f
             (the prepared datasets are 8-bit: ``(0, 255)`` gives ``image / 255``); ``None`` scales
             each image by its own minimum and maximum (``ScaleIntensityd``), for inputs of another
             range such as float MRI volumes, at the price of a different normalisation than in training.
+            The text ``"null"`` / ``"none"`` (as the command line passes it) counts as ``None``.
 
     Example::
 
         intensity_scaling("image", (0, 255))  # ScaleIntensityRanged(a_min=0, a_max=255, b_min=0, b_max=1, clip=True)
     """
+    intensity_range = _none_if_null(intensity_range)
     if intensity_range is None:
         return ScaleIntensityd(keys, minv=0.0, maxv=1.0)
     if len(intensity_range) != 2 or not float(intensity_range[1]) > float(intensity_range[0]):
@@ -189,9 +198,14 @@ def intensity_scaling(keys: KeysCollection, intensity_range: Optional[Sequence[f
 
 
 def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[tuple]:
+    size = _none_if_null(size)
     if size is None:
         return None
-    if isinstance(size, int) or len(size) != 2 or any(int(s) != s or int(s) < 1 for s in size):
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(isinstance(s, (int, float)) and int(s) == s and s >= 1 for s in size)
+    ):
         raise ValueError(f"{name} must be null or [height, width] with positive integers, got {size}")
     return tuple(int(s) for s in size)
 
