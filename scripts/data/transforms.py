@@ -1,0 +1,241 @@
+"""MONAI dictionary-transform pipelines of the workflows (training, validation, evaluation).
+
+Every item of a prepared ``datalist.json`` (see ``docs/architecture.md``) is turned into a dict of
+float32 tensors:
+
+- ``image``  (C, H, W) in [0, 1] (``image / 255``),
+- ``alpha``  (1, H, W) in [0, 1] (``alpha / 255``),
+- ``masks``  (K, H, W) the K raters' masks stacked along the channel axis, values {0, 1},
+- ``trimap`` (1, H, W) with the raw values {0, 128, 255} (``unknown = trimap == 128``),
+
+plus the untouched ``case`` and ``fold`` entries. Loading uses MONAI's ``LoadImaged`` with the
+``PILReader`` and ``reverse_indexing=False`` (arrays keep the source's (row, column) orientation);
+a list of file names under one key (``masks``) is read by ``LoadImaged`` as one multi-channel
+image, so the raters need no custom stacking transform.
+
+Training adds random flips along both axes and one random resampling that combines a rotation
+with an elastic deformation (``Rand2DElasticd``, paper section 3.1), applied with the same random
+parameters to every key: bilinear interpolation for ``image`` and ``alpha``, nearest for ``masks``
+and ``trimap`` (they stay binary / three-valued). One resampling instead of a rotation followed by
+a deformation interpolates the image and the alpha matte only once.
+
+The deterministic part (loading, scaling, checks) comes first in every pipeline so that
+``CacheDataset`` caches it; only the random part runs per epoch. Pipelines are cheapest with
+``monai.data.set_track_meta(False)`` (the configs do this in ``initialize``): the workflows need
+no image metadata (case names travel in ``case``).
+
+Example::
+
+    from monai.data import CacheDataset
+    from scripts.data.datalist import load_datalist, split_folds
+    train_items, test_items = split_folds(load_datalist("data/phantom"), test_fold=0)
+    ds = CacheDataset(train_items, transform=matting_train_transforms(), cache_rate=1.0)
+    sample = ds[0]   # sample["masks"].shape == (7, 128, 128)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Rand2DElasticd,
+    RandFlipd,
+    ScaleIntensityRanged,
+)
+
+__all__ = [
+    "MATTING_KEYS",
+    "TRIMAP_UNKNOWN",
+    "CheckMattingSampled",
+    "matting_load_transforms",
+    "matting_augment_transforms",
+    "matting_train_transforms",
+    "matting_eval_transforms",
+]
+
+#: keys of one sample, in the order of the interpolation modes used by the augmentation
+MATTING_KEYS = ("image", "alpha", "masks", "trimap")
+#: the trimap value of the unknown region
+TRIMAP_UNKNOWN = 128
+
+
+class CheckMattingSampled(MapTransform):
+    """Check that a loaded sample is consistent; raise a ``ValueError`` naming the case otherwise.
+
+    Checks: every key present, channel-first 3-D arrays, one spatial shape for all keys, one
+    channel for ``alpha`` and ``trimap``, at least one rater in ``masks``, the expected number of
+    image channels when ``image_channels`` is given. Runs once per case (it is cached with the rest
+    of the deterministic part).
+
+    Args:
+        keys: image, alpha, masks and trimap keys (in that order).
+        image_channels: expected image channels (1 grey, 3 RGB), ``None`` to accept any.
+        case_key: key of the case name used in the error messages.
+
+    Example::
+
+        CheckMattingSampled(MATTING_KEYS, image_channels=1)(sample)
+    """
+
+    def __init__(
+        self, keys: KeysCollection = MATTING_KEYS, image_channels: int | None = None, case_key: str = "case"
+    ) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 4:
+            raise ValueError(f"CheckMattingSampled needs 4 keys (image, alpha, masks, trimap), got {self.keys}.")
+        self.image_channels = image_channels
+        self.case_key = case_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case = d.get(self.case_key, "<unnamed case>")
+        image_key, alpha_key, masks_key, trimap_key = self.keys
+        shapes = {}
+        for key in self.keys:
+            if key not in d:
+                raise ValueError(f"case {case}: the sample has no {key!r} entry (keys: {sorted(map(str, d))}).")
+            value = d[key]
+            if not hasattr(value, "shape") or len(value.shape) != 3:
+                raise ValueError(
+                    f"case {case}: {key!r} must be a channel-first 2-D image (C, H, W), "
+                    f"got shape {tuple(getattr(value, 'shape', ()))}."
+                )
+            shapes[key] = tuple(value.shape)
+        spatial = {key: shape[1:] for key, shape in shapes.items()}
+        if len(set(spatial.values())) != 1:
+            raise ValueError(f"case {case}: image, alpha, masks and trimap differ in size: {spatial}.")
+        for key in (alpha_key, trimap_key):
+            if shapes[key][0] != 1:
+                raise ValueError(f"case {case}: {key!r} must have one channel, got shape {shapes[key]}.")
+        if shapes[masks_key][0] < 1:
+            raise ValueError(f"case {case}: no rater masks.")
+        if self.image_channels is not None and shapes[image_key][0] != self.image_channels:
+            raise ValueError(
+                f"case {case}: expected {self.image_channels} image channel(s), got shape {shapes[image_key]} "
+                "(set in_channels to the dataset's channels)."
+            )
+        return d
+
+
+def matting_load_transforms(
+    keys: Sequence[str] = MATTING_KEYS, image_channels: int | None = None
+) -> list:
+    """The deterministic part: load, scale image and alpha to [0, 1], check, make float32 tensors.
+
+    Args:
+        keys: image, alpha, masks and trimap keys (in that order).
+        image_channels: expected image channels (``None`` accepts any).
+
+    Example::
+
+        sample = Compose(matting_load_transforms())(datalist_item)
+    """
+    keys = list(keys)
+    image_key, alpha_key = keys[0], keys[1]
+    return [
+        LoadImaged(
+            keys=keys,
+            reader="PILReader",
+            reverse_indexing=False,
+            image_only=True,
+            ensure_channel_first=True,
+            dtype=np.float32,
+        ),
+        ScaleIntensityRanged(keys=[image_key, alpha_key], a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+        CheckMattingSampled(keys=keys, image_channels=image_channels),
+        EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False),
+    ]
+
+
+def matting_augment_transforms(
+    keys: Sequence[str] = MATTING_KEYS,
+    flip_prob: float = 0.5,
+    deform_prob: float = 0.5,
+    rotate_degrees: float = 15.0,
+    elastic_spacing: int = 16,
+    elastic_magnitude: Sequence[float] = (0.0, 2.0),
+    padding_mode: str = "zeros",
+) -> list:
+    """The random part of the training pipeline (paper section 3.1): flips, rotation, elastic deformation.
+
+    - ``RandFlipd`` along rows and along columns, each with probability ``flip_prob``;
+    - ``Rand2DElasticd`` with probability ``deform_prob``: a rotation by an angle drawn from
+      ``[-rotate_degrees, rotate_degrees]`` and an elastic deformation whose control points lie
+      ``elastic_spacing`` pixels apart and move by ``elastic_magnitude`` (MONAI's magnitude range),
+      in one resampling; bilinear for image and alpha, nearest for masks and trimap, the same
+      ``padding_mode`` for all (zeros: outside the image is background, alpha 0, trimap 0).
+
+    Args:
+        keys: image, alpha, masks and trimap keys (in that order).
+        flip_prob: probability of each flip.
+        deform_prob: probability of the rotation + elastic resampling (0 disables it).
+        rotate_degrees: largest rotation angle in degrees (0: no rotation).
+        elastic_spacing: distance of the elastic control points in pixels.
+        elastic_magnitude: (low, high) magnitude range of the control point offsets.
+        padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
+
+    Example::
+
+        Compose(matting_augment_transforms(deform_prob=0.0))  # flips only
+    """
+    keys = list(keys)
+    if not 0.0 <= flip_prob <= 1.0 or not 0.0 <= deform_prob <= 1.0:
+        raise ValueError(f"flip_prob and deform_prob must be in [0, 1], got {flip_prob} and {deform_prob}.")
+    modes = ["bilinear", "bilinear", "nearest", "nearest"]
+    transforms: list = []
+    if flip_prob > 0:
+        transforms += [
+            RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
+            RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),
+        ]
+    if deform_prob > 0:
+        transforms.append(
+            Rand2DElasticd(
+                keys=keys,
+                spacing=(int(elastic_spacing), int(elastic_spacing)),
+                magnitude_range=tuple(float(m) for m in elastic_magnitude),
+                prob=deform_prob,
+                rotate_range=(math.radians(float(rotate_degrees)),) if rotate_degrees else None,
+                mode=modes,
+                padding_mode=padding_mode,
+            )
+        )
+    return transforms
+
+
+def matting_train_transforms(
+    keys: Sequence[str] = MATTING_KEYS, image_channels: int | None = None, **augment_kwargs: Any
+) -> Compose:
+    """The training pipeline: :func:`matting_load_transforms` then :func:`matting_augment_transforms`.
+
+    Args:
+        keys: image, alpha, masks and trimap keys (in that order).
+        image_channels: expected image channels (``None`` accepts any).
+        augment_kwargs: arguments of :func:`matting_augment_transforms`.
+
+    Example::
+
+        ds = CacheDataset(train_items, transform=matting_train_transforms(rotate_degrees=10))
+    """
+    return Compose(
+        matting_load_transforms(keys, image_channels) + matting_augment_transforms(keys, **augment_kwargs)
+    )
+
+
+def matting_eval_transforms(keys: Sequence[str] = MATTING_KEYS, image_channels: int | None = None) -> Compose:
+    """The deterministic evaluation pipeline (loading, scaling and checks only).
+
+    Example::
+
+        ds = CacheDataset(test_items, transform=matting_eval_transforms())
+    """
+    return Compose(matting_load_transforms(keys, image_channels))

@@ -1,0 +1,250 @@
+"""Atomic, resumable training checkpoints and the final ``model.pt``.
+
+Why not MONAI's ``CheckpointSaver`` + ``CheckpointLoader``: checked with MONAI 1.6.1 / Ignite 0.5,
+``CheckpointSaver`` writes through ``DiskSaver(atomic=False)`` (a run killed while writing leaves a
+truncated file under the final name), Ignite's ``Checkpoint`` deletes the previous file *before*
+writing the next one (a kill in between leaves no checkpoint at all), a resumed run does not know
+the files of the previous process (they pile up), and neither handler can put the engine it is
+attached to into the checkpoint from a bundle config (the trainer cannot reference itself).
+``CheckpointLoader`` itself is safe (``torch.load(weights_only=True)``) and this handler loads the
+same way.
+
+:class:`TrainingCheckpointHandler` therefore
+
+- on ``STARTED``: finds the newest ``checkpoint_epoch=<N>.pt`` in ``ckpt_dir`` and, when there is
+  one, restores every object of ``save_dict`` plus the trainer's state (epoch and iteration
+  counters) with ``torch.load(weights_only=True)``, so training continues at epoch N + 1 -- no epoch
+  is repeated or skipped; a checkpoint written for another fold or training set (``fingerprint``)
+  is refused with a clear error;
+- every ``save_interval`` epochs (and at the end): writes ``checkpoint_epoch=<N>.pt`` to a
+  temporary file in ``ckpt_dir``, ``fsync``s it and ``os.replace``s it into place, then deletes the
+  older checkpoints (the new one exists before an old one goes: a kill at any moment leaves at
+  least one complete checkpoint);
+- on ``COMPLETED``: writes the network's ``state_dict`` to ``ckpt_dir/model.pt`` (atomically).
+
+Example::
+
+    handler = TrainingCheckpointHandler("models", {"network": net, "optimizer": opt,
+                                        "lr_scheduler": sched, "loss": loss_fn})
+    handler.attach(trainer)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "latest_checkpoint", "save_atomic"]
+
+#: file names of the training checkpoints (the epoch number after ``=``)
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+_TMP_PREFIX = ".checkpoint_"
+_TMP_SUFFIX = ".tmp"
+#: attributes of learning-rate schedulers that describe the planned schedule, not its progress
+_SCHEDULE_LENGTH_ATTRS = ("t_total", "warmup_steps", "T_max", "total_iters", "total_steps")
+
+
+def find_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """All ``checkpoint_epoch=<N>.pt`` files of ``ckpt_dir`` as ``(N, path)``, oldest first ([] if none)."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest training checkpoint of ``ckpt_dir`` or ``None``.
+
+    Example::
+
+        latest_checkpoint("models")  # PosixPath('models/checkpoint_epoch=12.pt')
+    """
+    found = find_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to a temporary file next to ``path``, ``fsync``, then ``os.replace`` onto ``path``.
+
+    Readers never see a half-written file; a crash leaves at most a ``.checkpoint_*.tmp`` file that
+    :class:`TrainingCheckpointHandler` removes at its next start.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f"{_TMP_PREFIX}{path.name}.", suffix=_TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _state_of(obj: Any) -> Any:
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+class TrainingCheckpointHandler:
+    """Save and resume the whole training state atomically; write the final network weights.
+
+    Args:
+        ckpt_dir: folder of the checkpoints (created when missing).
+        save_dict: objects with ``state_dict`` / ``load_state_dict`` to save and restore, e.g.
+            ``{"network": net, "optimizer": opt, "lr_scheduler": sched, "loss": loss_fn}``; the
+            engine the handler is attached to is added as ``"trainer"``.
+        save_interval: save every this many epochs (the last epoch is always saved).
+        n_saved: how many of the newest checkpoints to keep (>= 1).
+        resume: restore the newest checkpoint of ``ckpt_dir`` at start (``False``: start from scratch
+            even when checkpoints exist; they are replaced as training goes).
+        final_filename: file of the final weights in ``ckpt_dir`` (``None``: do not write it).
+        final_key: the ``save_dict`` entry whose ``state_dict`` is the final file.
+        fingerprint: what identifies the training run (e.g. ``{"fold": 0, "train_cases": [...]}``);
+            stored in every checkpoint and compared when resuming: a mismatch raises a
+            ``ValueError`` naming the file and the differing entries.
+        keep_schedule_length: after restoring a learning-rate scheduler, keep this run's planned
+            length (``t_total``, ``warmup_steps``, ...) so that a run can be extended by a larger
+            ``epochs``; the step counter and the base learning rates come from the checkpoint.
+        map_location: ``torch.load`` device mapping.
+
+    Example::
+
+        TrainingCheckpointHandler("models", {"network": net, "optimizer": opt}).attach(trainer)
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        save_interval: int = 1,
+        n_saved: int = 1,
+        resume: bool = True,
+        final_filename: str | None = "model.pt",
+        final_key: str = "network",
+        fingerprint: Mapping[str, Any] | None = None,
+        keep_schedule_length: bool = True,
+        map_location: Any = "cpu",
+    ) -> None:
+        if save_interval < 1:
+            raise ValueError(f"save_interval must be >= 1, got {save_interval}.")
+        if n_saved < 1:
+            raise ValueError(f"n_saved must be >= 1, got {n_saved}.")
+        if "trainer" in save_dict:
+            raise ValueError("save_dict must not hold 'trainer': the engine the handler is attached to is added.")
+        if final_filename is not None and final_key not in save_dict:
+            raise ValueError(f"final_key {final_key!r} is not in save_dict (keys: {sorted(save_dict)}).")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.save_dict = dict(save_dict)
+        self.save_interval = int(save_interval)
+        self.n_saved = int(n_saved)
+        self.resume = bool(resume)
+        self.final_filename = final_filename
+        self.final_key = final_key
+        self.fingerprint = dict(fingerprint) if fingerprint is not None else None
+        self.keep_schedule_length = keep_schedule_length
+        self.map_location = map_location
+        self.logger = logging.getLogger(__name__)
+        self.resumed_from: Path | None = None
+        self._last_saved_epoch: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register ``load`` (STARTED), ``save`` (EPOCH_COMPLETED every ``save_interval``) and ``complete``."""
+        self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.complete)
+
+    # ------------------------------------------------------------------ resume
+    def _remove_stale_tmp(self) -> None:
+        if self.ckpt_dir.is_dir():
+            for path in self.ckpt_dir.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+                path.unlink(missing_ok=True)
+
+    def load(self, engine: Engine) -> None:
+        """Restore the newest checkpoint of ``ckpt_dir`` into ``save_dict`` and the engine (if any)."""
+        self._remove_stale_tmp()
+        path = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        if path is None:
+            return
+        try:
+            checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+        except Exception as e:  # a corrupt file cannot come from save_atomic, but say which file it is
+            raise RuntimeError(f"cannot read the training checkpoint {path}: {e}") from e
+        missing = [k for k in (*self.save_dict, "trainer") if k not in checkpoint]
+        if missing:
+            raise ValueError(f"training checkpoint {path} lacks {missing}; delete it or use another ckpt_dir.")
+        if self.fingerprint is not None:
+            saved = checkpoint.get("fingerprint") or {}
+            diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            if diff:
+                raise ValueError(
+                    f"training checkpoint {path} belongs to another run (differs in {diff}); "
+                    "use another ckpt_dir, or delete its checkpoint_epoch=*.pt files to start again."
+                )
+        kept = {}
+        if self.keep_schedule_length:
+            for name, obj in self.save_dict.items():
+                kept[name] = {a: getattr(obj, a) for a in _SCHEDULE_LENGTH_ATTRS if hasattr(obj, a)}
+        for name, obj in self.save_dict.items():
+            obj.load_state_dict(checkpoint[name])
+            for attr, value in kept.get(name, {}).items():
+                setattr(obj, attr, value)
+        max_epochs = engine.state.max_epochs
+        engine.load_state_dict(checkpoint["trainer"])
+        if max_epochs is not None:
+            if engine.state.epoch > max_epochs:
+                raise ValueError(
+                    f"training checkpoint {path} is at epoch {engine.state.epoch}, beyond epochs={max_epochs}; "
+                    "raise epochs or use another ckpt_dir."
+                )
+            engine.state.max_epochs = max_epochs
+        self.resumed_from = path
+        self._last_saved_epoch = engine.state.epoch
+        self.logger.info(f"resumed training from {path} (epoch {engine.state.epoch} of {engine.state.max_epochs})")
+
+    # ------------------------------------------------------------------ save
+    def save(self, engine: Engine) -> Path:
+        """Write ``checkpoint_epoch=<epoch>.pt`` atomically, then delete all but the ``n_saved`` newest."""
+        epoch = int(engine.state.epoch)
+        checkpoint = {name: _state_of(obj) for name, obj in self.save_dict.items()}
+        checkpoint["trainer"] = engine.state_dict()
+        if self.fingerprint is not None:
+            checkpoint["fingerprint"] = self.fingerprint
+        path = save_atomic(checkpoint, self.ckpt_dir / f"checkpoint_epoch={epoch}.pt")
+        for _, old in find_checkpoints(self.ckpt_dir)[: -self.n_saved]:
+            if old != path:
+                old.unlink(missing_ok=True)
+        self._last_saved_epoch = epoch
+        return path
+
+    def complete(self, engine: Engine) -> None:
+        """Save the last epoch (if not yet saved) and write the final weights ``final_filename``."""
+        if self._last_saved_epoch != engine.state.epoch and engine.state.epoch > 0:
+            self.save(engine)
+        if self.final_filename is not None:
+            final = save_atomic(_state_of(self.save_dict[self.final_key]), self.ckpt_dir / self.final_filename)
+            self.logger.info(f"saved the final weights to {final}")
