@@ -1,0 +1,190 @@
+"""The bundle's network, built from ``configs/inference.yaml`` (``network_def``), and its trained weights.
+
+The network is whatever ``network_def`` of the bundle's inference config says (through
+``monai.bundle.ConfigParser``), so the server always serves the same model as
+``python -m monai.bundle run inference``. The weights come from ``<bundle_root>/models/model.pt``
+(``torch.load(..., weights_only=True)``; either a bare state dict, as the bundle's training writes
+it, or a dict holding it under the inference config's ``ckpt_key`` or ``network`` / ``model`` /
+``state_dict``, as MONAI's ``CheckpointSaver`` writes it). The file
+is checked on every request and re-read when its modification time changes, so a model published
+by the training task is picked up without restarting the server.
+
+Without the file the model either refuses (:class:`NoTrainedWeightsError`, the default) or, when
+``allow_untrained`` is set, runs randomly initialised weights (seeded, so repeatable) and says so
+in every answer.
+
+Example:
+    >>> bm = BundleModel("/path/to/bundle", allow_untrained=True)  # doctest: +SKIP
+    >>> network, trained = bm.network("cpu")  # doctest: +SKIP
+    >>> bm.status()["trained"]  # doctest: +SKIP
+    False
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+
+from .errors import InvalidCheckpointError, NoTrainedWeightsError
+
+__all__ = ["BundleModel", "CHECKPOINT_KEYS", "DEFAULT_CONFIG", "DEFAULT_WEIGHTS"]
+
+logger = logging.getLogger(__name__)
+
+#: inference config of the bundle, relative to the bundle root
+DEFAULT_CONFIG = "configs/inference.yaml"
+#: trained weights of the bundle, relative to the bundle root
+DEFAULT_WEIGHTS = "models/model.pt"
+#: keys under which a checkpoint may hold the network's state dict (after the config's ``ckpt_key``)
+CHECKPOINT_KEYS = ("network", "model", "state_dict")
+
+
+class BundleModel:
+    """Builds ``network_def`` once, loads (and reloads) the bundle's weights per device.
+
+    Args:
+        bundle_root: the bundle folder (holds ``configs/`` and ``scripts/``); added to ``sys.path``
+            so that ``network_def``'s ``scripts.networks...`` target imports.
+        config_file: the config holding ``network_def`` (relative to ``bundle_root`` or absolute).
+        weights_path: the checkpoint (default ``<bundle_root>/models/model.pt``).
+        overrides: ``ConfigParser`` overrides, e.g. ``{"network_def#prob_filters": [4, 8, 8, 8]}``.
+        allow_untrained: run random weights (with a warning in every answer) instead of refusing
+            when ``weights_path`` does not exist.
+        seed: seed of the random initialisation used when running untrained.
+
+    Example:
+        >>> bm = BundleModel(".", overrides={"num_samples": 4})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bundle_root: Union[str, os.PathLike],
+        config_file: Union[str, os.PathLike] = DEFAULT_CONFIG,
+        weights_path: Optional[Union[str, os.PathLike]] = None,
+        overrides: Optional[Mapping[str, Any]] = None,
+        allow_untrained: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.bundle_root = Path(bundle_root).expanduser().resolve()
+        config = Path(config_file)
+        self.config_file = config if config.is_absolute() else self.bundle_root / config
+        weights = Path(weights_path) if weights_path else Path(DEFAULT_WEIGHTS)
+        self.weights_path = weights if weights.is_absolute() else self.bundle_root / weights
+        self.overrides = dict(overrides or {})
+        self.allow_untrained = bool(allow_untrained)
+        self.seed = int(seed)
+        if not self.config_file.is_file():
+            raise FileNotFoundError(f"bundle inference config not found: {self.config_file}")
+        if str(self.bundle_root) not in sys.path:
+            sys.path.insert(0, str(self.bundle_root))
+
+        self._lock = threading.Lock()
+        self._template: Optional[torch.nn.Module] = None
+        self._settings: Dict[str, Any] = {}
+        self._cache: Dict[str, Tuple[torch.nn.Module, Optional[float]]] = {}
+
+    # ------------------------------------------------------------------ config
+    def _parse(self) -> None:
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(self.config_file))
+        parser["bundle_root"] = str(self.bundle_root)
+        if self.overrides:
+            parser.update(self.overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self._template = parser.get_parsed_content("network_def", instantiate=True)
+        if not isinstance(self._template, torch.nn.Module):
+            raise InvalidCheckpointError(f"{self.config_file}: network_def is not a torch module")
+        self._settings = {
+            "in_channels": int(parser.get("in_channels", getattr(self._template, "in_channels", 1))),
+            "intensity_range": parser.get("intensity_range", [0, 255]),
+            "ckpt_key": parser.get("ckpt_key", "model"),
+        }
+
+    def settings(self) -> Dict[str, Any]:
+        """``in_channels``, ``intensity_range`` and ``ckpt_key`` as set in the inference config."""
+        with self._lock:
+            if self._template is None:
+                self._parse()
+            return dict(self._settings)
+
+    # ------------------------------------------------------------------ weights
+    def has_weights(self) -> bool:
+        """Whether the trained weights file exists."""
+        return self.weights_path.is_file()
+
+    def status(self) -> Dict[str, Any]:
+        """JSON-ready description of the weights in use (for ``/info/`` and every inference answer)."""
+        trained = self.has_weights()
+        if trained:
+            message = f"trained weights: {self.weights_path}"
+        elif self.allow_untrained:
+            message = (f"WARNING: NO TRAINED WEIGHTS at {self.weights_path}; running an UNTRAINED network "
+                       "(random weights): the matte is meaningless")
+        else:
+            message = (f"NO TRAINED WEIGHTS at {self.weights_path}: inference is refused; train the model "
+                       "(POST /train/medical_matting or the bundle's training) or start the server with "
+                       "--conf allow_untrained true")
+        return {"trained": trained, "weights_path": str(self.weights_path),
+                "allow_untrained": self.allow_untrained, "message": message}
+
+    def _load_state_dict(self, device: str) -> Dict[str, torch.Tensor]:
+        try:
+            checkpoint = torch.load(str(self.weights_path), map_location=device, weights_only=True)
+        except Exception as e:  # unreadable, not a weights-only checkpoint, truncated...
+            raise InvalidCheckpointError(f"cannot read checkpoint {self.weights_path}: {e}") from e
+        key = self._settings.get("ckpt_key") or "model"
+        if isinstance(checkpoint, Mapping):
+            for k in (key, *CHECKPOINT_KEYS):
+                if k in checkpoint and isinstance(checkpoint[k], Mapping):
+                    checkpoint = checkpoint[k]
+                    break
+        if not isinstance(checkpoint, Mapping) or not all(torch.is_tensor(v) for v in checkpoint.values()):
+            raise InvalidCheckpointError(
+                f"checkpoint {self.weights_path}: expected a state dict, bare or under one of the keys "
+                f"{[key, *CHECKPOINT_KEYS]}")
+        return dict(checkpoint)
+
+    def network(self, device: Union[str, torch.device] = "cpu") -> Tuple[torch.nn.Module, bool]:
+        """The network in ``eval()`` mode on ``device`` and whether it holds trained weights.
+
+        Raises:
+            NoTrainedWeightsError: no weights file and ``allow_untrained`` is false.
+            InvalidCheckpointError: the file cannot be read or does not match ``network_def``.
+        """
+        device = str(device)
+        with self._lock:
+            if self._template is None:
+                self._parse()
+            trained = self.has_weights()
+            if not trained and not self.allow_untrained:
+                raise NoTrainedWeightsError(self.status()["message"])
+            mtime = self.weights_path.stat().st_mtime if trained else None
+            cached = self._cache.get(device)
+            if cached is not None and cached[1] == mtime:
+                return cached[0], trained
+
+            network = copy.deepcopy(self._template)
+            if trained:
+                state = self._load_state_dict(device)
+                try:
+                    network.load_state_dict(state, strict=True)
+                except RuntimeError as e:
+                    raise InvalidCheckpointError(
+                        f"checkpoint {self.weights_path} does not match network_def of {self.config_file}: {e}"
+                    ) from e
+                logger.info(f"medical_matting: loaded trained weights {self.weights_path}")
+            else:
+                logger.warning(self.status()["message"])
+            network = network.to(torch.device(device)).eval()
+            self._cache[device] = (network, mtime)
+            return network, trained

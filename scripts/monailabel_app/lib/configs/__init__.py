@@ -1,0 +1,1 @@
+"""Task configs of the MONAI Label app: one module per ``--conf models`` name."""

@@ -1,0 +1,64 @@
+"""Errors of the MONAI Label app, each carrying the HTTP status the server answers with.
+
+``MedicalMattingApp.infer`` / ``train`` (``main.py``) turn them into ``fastapi.HTTPException`` with
+``status_code`` and the message as ``detail``; everything else stays a 500 (a server bug).
+
+Example:
+    >>> err = StudyImageNotFoundError("image 'case9' is not in the datastore")
+    >>> err.status_code
+    404
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MattingAppError",
+    "InvalidRequestError",
+    "StudyImageNotFoundError",
+    "UnsupportedStudyImageError",
+    "NoTrainedWeightsError",
+    "InvalidCheckpointError",
+    "NoTrainingLabelsError",
+]
+
+
+class MattingAppError(RuntimeError):
+    """Base class: a request the app refuses, with a clear message and an HTTP status."""
+
+    status_code: int = 400
+
+
+class InvalidRequestError(MattingAppError):
+    """A request parameter has a value the app does not know."""
+
+    status_code = 400
+
+
+class StudyImageNotFoundError(MattingAppError):
+    """The requested image id is neither in the datastore nor an existing file."""
+
+    status_code = 404
+
+
+class UnsupportedStudyImageError(MattingAppError):
+    """The image format or shape cannot be handled (not PNG/JPEG/TIFF/BMP or NIfTI, wrong channels...)."""
+
+    status_code = 415
+
+
+class NoTrainedWeightsError(MattingAppError):
+    """``models/model.pt`` does not exist and untrained inference is not allowed."""
+
+    status_code = 409
+
+
+class InvalidCheckpointError(MattingAppError):
+    """The checkpoint cannot be read or does not match the bundle's ``network_def``."""
+
+    status_code = 500
+
+
+class NoTrainingLabelsError(MattingAppError):
+    """Training was requested but the datastore holds no usable (image, final label) pairs."""
+
+    status_code = 409

@@ -1,0 +1,1 @@
+"""Inference tasks of the MONAI Label app."""

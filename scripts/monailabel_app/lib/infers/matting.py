@@ -1,0 +1,179 @@
+"""MONAI Label inference task ``medical_matting``: alpha matte (and uncertainty map) of a study image.
+
+A ``BasicInferTask`` whose pre-transforms load the study image (see ``lib.imaging``), whose
+inferer calls the bundle network's ``predict`` (2-D images directly, NIfTI volumes slice by slice
+along the last axis), and whose writer saves the requested map with the input's geometry:
+
+- request/config option ``map_type``: ``"alpha"`` (default) the alpha matte, ``"uncertainty"`` the
+  Probabilistic U-Net uncertainty map, ``"mask"`` the matte thresholded at ``mask_threshold``
+  (label 1 = foreground, for Slicer's segment editor);
+- raster input -> 8-bit PNG, ``round(value * 255)`` (mask: {0, 1}); NIfTI input -> ``.nii.gz``
+  with the input's shape, affine and header (float32 in [0, 1]; mask uint8 {0, 1});
+- the JSON answer (``params``) always holds ``trained`` / ``weights`` (with a loud warning when the
+  network is untrained), the scaling used, and summary statistics of both the alpha matte and the
+  uncertainty map.
+
+Example (what the server does for ``POST /infer/medical_matting?image=case01``)::
+
+    task = MattingInferTask(BundleModel(bundle_root))
+    result_file, result_json = task({"image": "/studies/case01.png", "map_type": "alpha"})
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from monai.transforms import LoadImaged
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from ..bundle_model import BundleModel
+from ..errors import InvalidRequestError
+from ..imaging import image_reader, write_result
+from ..transforms import PrepareMattingInputd
+
+__all__ = ["MattingInferTask", "MAP_TYPES"]
+
+logger = logging.getLogger(__name__)
+
+#: maps the task can return (request option ``map_type``); the first is the default
+MAP_TYPES = ("alpha", "uncertainty", "mask")
+
+
+def _option(value: Any, default: Any) -> Any:
+    """A request option; MONAI Label sends the config's list of choices when the user picked none."""
+    if value is None:
+        return default
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else default
+    return value
+
+
+class MattingInferTask(BasicInferTask):
+    """Alpha matte of a 2-D study image (or of each slice of a NIfTI volume) by the bundle's network.
+
+    Args:
+        model: the bundle network and its weights.
+        description: task description shown by MONAI Label clients (the weights status is appended).
+        slices_per_batch: NIfTI slices run through the network at once.
+        mask_threshold: default threshold of the ``mask`` output.
+    """
+
+    def __init__(
+        self,
+        model: BundleModel,
+        description: str = "Alpha matte (soft segmentation) with a region-aware implicit matting network; "
+        "option map_type=uncertainty returns the Probabilistic U-Net uncertainty map",
+        slices_per_batch: int = 8,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(
+            path=None,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels={"foreground": 1},
+            dimension=2,
+            description=description,
+            config={"map_type": list(MAP_TYPES), "mask_threshold": float(mask_threshold)},
+        )
+        self.model = model
+        self.slices_per_batch = int(slices_per_batch)
+        self.base_description = description
+
+    # ------------------------------------------------------------------ MONAI Label interface
+    def is_valid(self) -> bool:
+        # always listed in /info/, also before training, so that clients see the weights status
+        return True
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        status = self.model.status()
+        info["description"] = f"{self.base_description}. {status['message']}"
+        info["trained"] = status["trained"]
+        info["weights_path"] = status["weights_path"]
+        return info
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        settings = self.model.settings()
+        path = data.get("image_path", data.get("image")) if data else None
+        return [
+            LoadImaged(keys="image", reader=image_reader(path) if path else None, image_only=True,
+                       ensure_channel_first=True),
+            PrepareMattingInputd(keys="image", channels=settings["in_channels"],
+                                 intensity_range=settings["intensity_range"]),
+        ]
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    def inverse_transforms(self, data=None):
+        return None
+
+    # ------------------------------------------------------------------ inference
+    def _predict(self, network: torch.nn.Module, image: np.ndarray, device: str) -> Tuple[np.ndarray, np.ndarray]:
+        """``image`` (C, H, W) or (C, H, W, D) -> alpha and uncertainty (H, W) or (H, W, D)."""
+        c, h, w = image.shape[:3]
+        depth = int(np.prod(image.shape[3:])) if image.ndim > 3 else 1
+        slices = torch.from_numpy(image.reshape(c, h, w, depth)).permute(3, 0, 1, 2)  # (D, C, H, W)
+        alphas, uncertainties = [], []
+        with torch.no_grad():
+            for start in range(0, depth, self.slices_per_batch):
+                batch = slices[start : start + self.slices_per_batch].contiguous().to(device)
+                out = network.predict(batch)
+                alphas.append(out["alpha"][:, 0].float().cpu())
+                uncertainties.append(out["uncertainty"][:, 0].float().cpu())
+        alpha = torch.cat(alphas).permute(1, 2, 0).numpy()  # (H, W, D)
+        uncertainty = torch.cat(uncertainties).permute(1, 2, 0).numpy()
+        shape = image.shape[1:]
+        return alpha.reshape(shape), uncertainty.reshape(shape)
+
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):
+        output = str(_option(data.get("map_type"), MAP_TYPES[0]))
+        if output not in MAP_TYPES:
+            raise InvalidRequestError(f"unknown map_type '{output}'; choose one of {list(MAP_TYPES)}")
+        try:
+            threshold = float(_option(data.get("mask_threshold"), 0.5))
+        except (TypeError, ValueError) as e:
+            raise InvalidRequestError(f"mask_threshold must be a number: {e}") from e
+
+        network, trained = self.model.network(device)
+        alpha, uncertainty = self._predict(network, data["image"], device)
+        status = self.model.status()
+        if output == "alpha":
+            data["pred"] = alpha
+        elif output == "uncertainty":
+            data["pred"] = uncertainty
+        else:
+            data["pred"] = (alpha >= threshold).astype(np.uint8)
+        data["map_type"] = output
+
+        result = {
+            "map_type": output,
+            "trained": trained,
+            "weights": status["weights_path"],
+            "message": status["message"],
+            "image_scaling": data.get("image_scaling"),
+            "shape": list(alpha.shape),
+            "alpha": {"mean": float(alpha.mean()), "min": float(alpha.min()), "max": float(alpha.max())},
+            "uncertainty": {"mean": float(uncertainty.mean()), "max": float(uncertainty.max())},
+        }
+        if output == "mask":
+            result["mask_threshold"] = threshold
+        if not trained:
+            result["warning"] = status["message"]
+            logger.warning(status["message"])
+        data["result"] = result
+        return data
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Optional[str], Dict[str, Any]]:
+        path = write_result(data["image_path"], data["pred"], kind=data["map_type"])
+        result = dict(data["result"])
+        result["file_format"] = (
+            "NIfTI, input geometry, " + ("uint8 {0, 1}" if data["map_type"] == "mask" else "float32 0..1")
+            if path.endswith(".nii.gz")
+            else "PNG, input (H, W), " + ("uint8 {0, 1}" if data["map_type"] == "mask" else "uint8 0..255 = value * 255")
+        )
+        return path, result

@@ -1,0 +1,219 @@
+"""MONAI Label training task ``medical_matting``: the bundle's training on the labels saved through the server.
+
+Steps of one run (``POST /train/medical_matting``):
+
+1. the datastore's (image, final label) pairs become a prepared dataset (``lib.trainers.dataset``)
+   in ``<train_dir>/<run>/dataset`` with ``num_folds`` folds;
+2. the bundle's own training runs on it as a subprocess, exactly as on the command line::
+
+       python -m monai.bundle run training --config_file configs/train.yaml --bundle_root ROOT \
+           --dataset_dir .../dataset --fold F --epochs N --ckpt_dir .../ckpt --output_dir .../eval \
+           [--tracking mlflow --tracking_uri URI] [network overrides]
+
+   (fold ``F`` is held out of training, as in every bundle training run, so at least 2 labelled
+   images are needed; checkpoints go to the run folder, so a run never resumes another one);
+3. the run's final ``model.pt`` is published atomically to the weights file the inference task
+   serves (``<bundle_root>/models/model.pt``), which reloads it on its next request.
+
+``stats()`` (shown by ``/info/`` as ``train_stats``) reports the last run.
+
+Example::
+
+    task = MattingTrainTask(bundle_model, train_dir="runs/monailabel")
+    task({"epochs": 10}, datastore)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from ..bundle_model import BundleModel
+from ..errors import InvalidRequestError, NoTrainingLabelsError
+from .dataset import prepare_training_dataset
+
+__all__ = ["MattingTrainTask", "training_command"]
+
+logger = logging.getLogger(__name__)
+
+STATS_FILE = "last_train.json"
+
+
+def _cli_value(value: Any) -> str:
+    """A value as ``monai.bundle run`` reads it from the command line (JSON for lists / dicts)."""
+    if isinstance(value, (list, tuple, dict, bool)) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def training_command(
+    bundle_root: Union[str, os.PathLike],
+    dataset_dir: Union[str, os.PathLike],
+    ckpt_dir: Union[str, os.PathLike],
+    output_dir: Union[str, os.PathLike],
+    epochs: int,
+    fold: int = 0,
+    config_file: str = "configs/train.yaml",
+    tracking_uri: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> List[str]:
+    """The ``python -m monai.bundle run training ...`` command of one server training run."""
+    root = Path(bundle_root)
+    config = Path(config_file)
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", str(config if config.is_absolute() else root / config),
+        "--bundle_root", str(root),
+        "--dataset_dir", str(dataset_dir),
+        "--fold", str(int(fold)),
+        "--epochs", str(int(epochs)),
+        "--ckpt_dir", str(ckpt_dir),
+        "--output_dir", str(output_dir),
+        "--progress_bar", "false",
+    ]
+    if tracking_uri:
+        cmd += ["--tracking", "mlflow", "--tracking_uri", str(tracking_uri)]
+    for key, value in (overrides or {}).items():
+        cmd += [f"--{key}", _cli_value(value)]
+    return cmd
+
+
+class MattingTrainTask(TrainTask):
+    """Runs the bundle's training on the datastore's final labels and publishes ``models/model.pt``.
+
+    Args:
+        model: the served network (its bundle root, weights path, overrides and channels are used).
+        train_dir: parent folder of the run folders (default ``<bundle_root>/runs/monailabel``).
+        epochs: default number of epochs (request option ``epochs``).
+        num_folds: folds of the generated datalist (request option ``num_folds``).
+        fold: held-out fold (request option ``fold``).
+        tracking_uri: MLflow tracking URI; when set, the run is logged there (``--tracking mlflow``).
+        train_overrides: further ``monai.bundle run`` overrides (e.g. ``{"batch_size": 2}``).
+        timeout_s: limit of one training subprocess.
+        description: shown by MONAI Label clients.
+    """
+
+    def __init__(
+        self,
+        model: BundleModel,
+        train_dir: Optional[Union[str, os.PathLike]] = None,
+        epochs: int = 50,
+        num_folds: int = 5,
+        fold: int = 0,
+        tracking_uri: Optional[str] = None,
+        train_overrides: Optional[Mapping[str, Any]] = None,
+        timeout_s: Optional[float] = None,
+        description: str = "Train the medical matting network on the final labels of the datastore "
+        "(the bundle's configs/train.yaml); publishes models/model.pt",
+    ) -> None:
+        super().__init__(description)
+        self.model = model
+        self.train_dir = Path(train_dir) if train_dir else model.bundle_root / "runs" / "monailabel"
+        self.epochs = int(epochs)
+        self.num_folds = int(num_folds)
+        self.fold = int(fold)
+        self.tracking_uri = tracking_uri or None
+        self.train_overrides = dict(train_overrides or {})
+        self.timeout_s = timeout_s
+
+    def config(self) -> Dict[str, Any]:
+        return {"epochs": self.epochs, "num_folds": self.num_folds, "fold": self.fold}
+
+    def stats(self) -> Dict[str, Any]:
+        path = self.train_dir / STATS_FILE
+        if not path.is_file():
+            return {"runs": 0}
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"runs": 0}
+
+    @staticmethod
+    def _int(request: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+        value = request.get(key, default)
+        value = value[0] if isinstance(value, (list, tuple)) and value else value
+        try:
+            value = int(value)
+        except (TypeError, ValueError) as e:
+            raise InvalidRequestError(f"training option {key} must be an integer, got {value!r}") from e
+        if value < minimum:
+            raise InvalidRequestError(f"training option {key} must be >= {minimum}, got {value}")
+        return value
+
+    def _publish(self, model_file: Path) -> None:
+        target = self.model.weights_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.publish-{os.getpid()}"
+        shutil.copyfile(model_file, tmp)
+        os.replace(tmp, target)
+        logger.info(f"medical_matting: published {model_file} -> {target}")
+
+    def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> Dict[str, Any]:
+        epochs = self._int(request, "epochs", self._int(request, "max_epochs", self.epochs, 1), 1)
+        num_folds = self._int(request, "num_folds", self.num_folds, 2)
+        fold = self._int(request, "fold", self.fold, 0)
+        pairs = datastore.datalist()
+        if not pairs:
+            raise NoTrainingLabelsError("the datastore has no final labels to train on "
+                                        "(save labels with tag 'final' first)")
+        settings = self.model.settings()
+        run_dir = self.train_dir / time.strftime("run_%Y%m%d_%H%M%S")
+        suffix = 0
+        while run_dir.exists():
+            suffix += 1
+            run_dir = self.train_dir / f"{time.strftime('run_%Y%m%d_%H%M%S')}_{suffix}"
+        dataset_dir = prepare_training_dataset(
+            pairs, run_dir / "dataset", num_folds=num_folds, channels=settings["in_channels"],
+            intensity_range=settings["intensity_range"])
+        with open(dataset_dir / "datalist.json") as f:
+            fold = min(fold, int(json.load(f)["num_folds"]) - 1)
+
+        overrides = {**self.model.overrides, **self.train_overrides}
+        cmd = training_command(self.model.bundle_root, dataset_dir, run_dir / "ckpt", run_dir / "eval", epochs,
+                               fold=fold, tracking_uri=self.tracking_uri, overrides=overrides)
+        logger.info(f"medical_matting training: {' '.join(cmd)}")
+        start = time.time()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(self.model.bundle_root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        with open(run_dir / "train.log", "w") as log:
+            proc = subprocess.run(cmd, cwd=str(self.model.bundle_root), stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, timeout=self.timeout_s)
+        model_file = run_dir / "ckpt" / "model.pt"
+        stats: Dict[str, Any] = {
+            "runs": int(self.stats().get("runs", 0)) + 1,
+            "run_dir": str(run_dir),
+            "cases": len(pairs),
+            "epochs": epochs,
+            "fold": fold,
+            "returncode": proc.returncode,
+            "seconds": round(time.time() - start, 1),
+            "log": str(run_dir / "train.log"),
+        }
+        if proc.returncode != 0 or not model_file.is_file():
+            stats["status"] = "failed"
+            self._write_stats(stats)
+            tail = (run_dir / "train.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"bundle training failed (exit {proc.returncode}); log {run_dir / 'train.log'}:\n{tail}")
+        self._publish(model_file)
+        stats["status"] = "published"
+        stats["model"] = str(self.model.weights_path)
+        self._write_stats(stats)
+        return stats
+
+    def _write_stats(self, stats: Mapping[str, Any]) -> None:
+        self.train_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.train_dir / f".{STATS_FILE}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(dict(stats), f, indent=1)
+        os.replace(tmp, self.train_dir / STATS_FILE)
