@@ -193,3 +193,27 @@ def test_training_command():
     assert args["--epochs"] == "3" and args["--fold"] == "1" and args["--ckpt_dir"] == "/c"
     assert args["--tracking"] == "mlflow" and args["--tracking_uri"] == "http://127.0.0.1:5000"
     assert json.loads(args["--network_def#prob_filters"]) == [4, 8] and args["--batch_size"] == "2"
+
+
+def test_exported_nifti_studies_map_back_to_the_prepared_cases(tmp_path):
+    pytest.importorskip("nibabel")
+    from scripts.data.prepare import prepare_dataset
+    from scripts.monailabel_app.studies import export_studies, main
+
+    dataset = prepare_dataset("phantom", tmp_path / "ph", num_cases=3, folds=3)
+    studies = export_studies(dataset, tmp_path / "studies", fmt="nifti", labels=2)
+    assert sorted(p.name for p in studies.glob("*.nii.gz")) == ["case001.nii.gz", "case002.nii.gz", "case003.nii.gz"]
+    assert sorted(p.name for p in (studies / "labels" / "final").iterdir()) == ["case001.nii.gz", "case002.nii.gz"]
+    source = {item["case"]: item for item in load_datalist(dataset)["training"]}
+    for case in ("case001", "case002"):
+        [(name, arrays)] = read_pair(str(studies / f"{case}.nii.gz"), str(studies / "labels" / "final" / f"{case}.nii.gz"))
+        assert name == case
+        np.testing.assert_array_equal(arrays["image"], np.array(Image.open(source[case]["image"])))
+        np.testing.assert_array_equal(arrays["alpha"], np.array(Image.open(source[case]["alpha"])))
+    # a PNG image with a NIfTI label (e.g. saved by a viewer) is refused, never silently transposed
+    Image.open(source["case001"]["image"]).save(tmp_path / "case001.png")
+    with pytest.raises(UnsupportedStudyImageError, match="format differs"):
+        read_pair(str(tmp_path / "case001.png"), str(studies / "labels" / "final" / "case001.nii.gz"))
+    assert main(["--dataset", str(dataset), "--out", str(tmp_path / "png"), "--format", "png", "--fold", "0"]) == 0
+    with pytest.raises(ValueError, match="not empty"):
+        export_studies(dataset, tmp_path / "png")

@@ -13,8 +13,8 @@ with D > 1 slices becomes D cases ``<case>_z<k>``) written with the bundle's own
 
 Label values: a label whose maximum is <= 1 is an alpha matte in [0, 1] or a binary mask and is
 multiplied by 255; otherwise it is read as an 8-bit alpha matte 0..255 (larger values are refused).
-Labels must have the image's spatial shape (a PNG label for a PNG image, a NIfTI label on the
-image's voxel grid).
+Labels must have the image's format and spatial shape (a PNG label for a PNG image, a NIfTI label
+on the image's voxel grid for a NIfTI image).
 
 Example:
     >>> pairs = [{"image": "/studies/a.png", "label": "/studies/labels/final/a.png"}, ...]  # doctest: +SKIP
@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import NoTrainingLabelsError, UnsupportedStudyImageError
-from ..imaging import image_reader, match_channels, to_unit_range
+from ..imaging import image_format, image_reader, match_channels, to_unit_range
 
 __all__ = ["case_name", "label_to_alpha", "trimap_for_label", "read_pair", "prepare_training_dataset"]
 
@@ -101,6 +101,12 @@ def _load(path: str) -> np.ndarray:
 def read_pair(image_path: str, label_path: str, channels: int = 1,
               intensity_range: Optional[Sequence[float]] = (0, 255)) -> List[Tuple[str, Dict[str, np.ndarray]]]:
     """Cases ``(name, {"image", "alpha", "masks", "trimap"})`` of one (image, label) pair."""
+    if image_format(image_path) != image_format(label_path):
+        # a NIfTI label saved by a viewer for a PNG image is on the viewer's (column, row) grid: refuse
+        # rather than risk a silently transposed label
+        raise UnsupportedStudyImageError(
+            f"{label_path}: label format differs from image {image_path}; save PNG labels for PNG images "
+            "and NIfTI labels for NIfTI images")
     image = _load(image_path)  # (C, H, W, D)
     label = _load(label_path)
     if label.shape[0] != 1:
