@@ -98,6 +98,26 @@ def test_k1_decodes_mlp_of_nearest_code_with_random_mlp():
     assert torch.allclose(up(feat, (hq, wq)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("k,area", [(1, False), (2, False), (2, True), (3, False)])
+@pytest.mark.parametrize("mode", ["region_aware", "local_ensemble"])
+@pytest.mark.parametrize("hidden", [3, 6])  # narrower / wider than the 4 input channels: both code paths
+def test_fast_forward_equals_literal_equation_2(k, area, mode, hidden):
+    torch.manual_seed(2)
+    up = RegionAwareImplicitUpsampler(4, 3, hidden_channels=hidden, kernel_size=k, mode=mode, area_weighting=area)
+    if up.offset_conv is not None:
+        with torch.no_grad():
+            up.offset_conv.weight.normal_(0, 0.5)  # offsets of about a cell, some clamped at borders
+            up.offset_conv.bias.normal_(0, 0.5)
+    feat = _feat().requires_grad_(True)
+    for size in [(6, 7), (12, 14), (9, 10), (4, 3)]:
+        fast, ref = up(feat, size), up.decode_reference(feat, size)
+        assert torch.allclose(fast, ref, atol=1e-5), size
+    g_fast = torch.autograd.grad(up(feat, (9, 10)).square().sum(), [feat] + list(up.parameters()))
+    g_ref = torch.autograd.grad(up.decode_reference(feat, (9, 10)).square().sum(), [feat] + list(up.parameters()))
+    for a, b in zip(g_fast, g_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_gradients_reach_offset_layer_and_mlp_and_offsets_move():
     torch.manual_seed(0)
     up = RegionAwareImplicitUpsampler(4, 3, hidden_channels=8, kernel_size=2)

@@ -11,14 +11,17 @@ from typing import Optional, Sequence, Union
 import torch.nn as nn
 from monai.networks.blocks import Convolution
 
-__all__ = ["conv_block"]
+__all__ = ["DEFAULT_ACT", "conv_block"]
+
+#: ReLU computed in place (the convolution before it does not need its output for backward).
+DEFAULT_ACT = ("RELU", {"inplace": True})
 
 
 def conv_block(
     in_channels: int,
     out_channels: int,
     num_convs: int = 2,
-    act: Union[str, tuple] = "RELU",
+    act: Union[str, tuple] = DEFAULT_ACT,
     norm: Optional[Union[str, tuple]] = None,
     kernel_size: int = 3,
 ) -> nn.Sequential:

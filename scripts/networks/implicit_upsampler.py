@@ -14,7 +14,8 @@ continuous 2D domain (LIIF convention: pixel centres, normalised coordinates in 
 4. Each code is sampled bilinearly from the *original* source map at its (moved) position
    ``x_i`` (``grid_sample``, all k x k samples in one call); the two-layer MLP ``f_theta`` decodes
    ``[z_i, x_q - x_i]``; the k x k decoded values are summed (optionally weighted by LIIF's
-   areas, k = 2 only).
+   areas, k = 2 only). ``decode_reference`` does exactly this; ``forward`` gives the same result
+   faster by moving the MLP's linear parts out of the per-code work (see its docstring).
 
 Hand-written: no maintained library provides this function (LIIF is a research repository).
 The optional ``use_deform_conv`` path samples the codes with ``torchvision.ops.deform_conv2d``
@@ -136,8 +137,9 @@ class RegionAwareImplicitUpsampler(nn.Module):
 
     @staticmethod
     def _clamp(pos: torch.Tensor, source_size: Sequence[int]) -> torch.Tensor:
-        h, w = source_size
-        return torch.stack([pos[..., 0].clamp(0, h - 1), pos[..., 1].clamp(0, w - 1)], dim=-1)
+        """Keep (row, col) positions on the code grid [0, h - 1] x [0, w - 1]."""
+        upper = torch.tensor([source_size[0] - 1, source_size[1] - 1], device=pos.device, dtype=pos.dtype)
+        return torch.clamp(pos, min=torch.zeros_like(upper), max=upper)
 
     def offsets(self, feat: torch.Tensor, output_size: Sequence[int]) -> Optional[torch.Tensor]:
         """Learned offsets (B, k*k, Hq, Wq, 2) as (dy, dx) in source-cell units; ``None`` for local ensemble."""
@@ -199,29 +201,70 @@ class RegionAwareImplicitUpsampler(nn.Module):
         return torch.stack(samples, dim=2).reshape(b, c, kk * hq, wq)
 
     # --------------------------------------------------------------------------------- forward
-    def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
-        """Decode ``feat`` (B, C, h, w) at the target grid ``output_size`` -> (B, out_channels, Hq, Wq)."""
+    def _check(self, feat: torch.Tensor, output_size: Sequence[int]) -> Tuple[int, int]:
         if feat.ndim != 4 or feat.shape[1] != self.in_channels:
             raise ValueError(f"expected features (B, {self.in_channels}, h, w), got {tuple(feat.shape)}")
-        output_size = tuple(int(s) for s in output_size)
-        b = feat.shape[0]
-        hq, wq = output_size
-        kk = self.kernel_size**2
-        query, pos = self.positions(feat, output_size)
-        sample = self._sample_deform_conv if self.use_deform_conv else self._sample_grid_sample
-        codes = sample(feat, pos)  # (B, C, K*Hq, Wq)
+        hq, wq = (int(s) for s in output_size)
+        if hq < 1 or wq < 1:
+            raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
+        return hq, wq
+
+    def _sample(self, feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self._sample_deform_conv(feat, pos) if self.use_deform_conv else self._sample_grid_sample(feat, pos)
+
+    def _ensemble_weights(self, rel: torch.Tensor) -> torch.Tensor:
+        """LIIF area weights (B, 4, Hq, Wq): each code weighted by the area of the rectangle between
+        the query and the diagonally opposite code (order 00, 01, 10, 11 -> opposite is 3 - i).
+        A tiny eps per side (not per area) keeps border-clamped / coinciding codes well defined."""
+        eps = 1e-6
+        area = (rel[..., 0].abs() + eps) * (rel[..., 1].abs() + eps)
+        return area.flip(1) / area.sum(dim=1, keepdim=True)
+
+    def decode_reference(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        """Equation (2) literally: sample each code, run ``f_theta`` on ``[z_i, x_q - x_i]``, sum.
+
+        Same result as :meth:`forward` (which reorders the linear parts for speed); kept as the
+        readable definition and for tests.
+        """
+        hq, wq = self._check(feat, output_size)
+        b, kk = feat.shape[0], self.kernel_size**2
+        query, pos = self.positions(feat, (hq, wq))
+        codes = self._sample(feat, pos)  # (B, C, K*Hq, Wq)
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
         rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq)
         pred = self.mlp(torch.cat([codes, rel_map], dim=1)).view(b, self.out_channels, kk, hq, wq)
         if self.area_weighting:
-            # LIIF: each code's prediction is weighted by the area of the rectangle between the query
-            # and the diagonally opposite code (order 00, 01, 10, 11 -> opposite is index 3 - i).
-            # eps per side (not per area) keeps border-clamped / coinciding codes well defined.
-            eps = 1e-6
-            area = (rel[..., 0].abs() + eps) * (rel[..., 1].abs() + eps)  # (B, 4, Hq, Wq)
-            weight = area.flip(1) / area.sum(dim=1, keepdim=True)
-            return (pred * weight.unsqueeze(1)).sum(dim=2)
+            return (pred * self._ensemble_weights(rel).unsqueeze(1)).sum(dim=2)
         return pred.sum(dim=2)
+
+    def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        """Decode ``feat`` (B, C, h, w) at the target grid ``output_size`` -> (B, out_channels, Hq, Wq).
+
+        Computes :meth:`decode_reference` with exact rewrites of the MLP's linear layers: the
+        second layer is applied *after* the sum over the k x k codes (it is linear), and, when the
+        hidden width is not larger than C, the first layer's code part ``W_z z + b`` is applied to
+        the source map *before* sampling (bilinear sampling is linear with weights summing to 1,
+        so the two commute) and fewer channels are sampled.
+        """
+        hq, wq = self._check(feat, output_size)
+        b, c, kk = feat.shape[0], self.in_channels, self.kernel_size**2
+        first, second = self.mlp[0], self.mlp[2]
+        query, pos = self.positions(feat, (hq, wq))
+        rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
+        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq)
+        if first.out_channels <= c:  # project, then sample the (narrower) hidden features
+            projected = F.conv2d(feat, first.weight[:, :c], first.bias)  # (B, hidden, h, w)
+            hidden = self._sample(projected, pos) + F.conv2d(rel_map, first.weight[:, c:])
+        else:  # sample the codes, then the first layer on [z_i, x_q - x_i]
+            hidden = first(torch.cat([self._sample(feat, pos), rel_map], dim=1))
+        hidden = F.relu(hidden, inplace=True).view(b, -1, kk, hq, wq)  # (B, hidden, K, Hq, Wq)
+        if self.area_weighting:
+            hidden = (hidden * self._ensemble_weights(rel).unsqueeze(1)).sum(dim=2)  # weights sum to 1
+            bias = second.bias
+        else:
+            hidden = hidden.sum(dim=2)
+            bias = second.bias * kk
+        return F.conv2d(hidden, second.weight, bias)
 
     @torch.no_grad()
     def sampling_positions(

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-from scripts.networks.blocks import conv_block
+from scripts.networks.blocks import DEFAULT_ACT, conv_block
 from scripts.networks.implicit_upsampler import RegionAwareImplicitUpsampler
 from scripts.networks.prob_unet import UNetDecoder, UNetEncoder
 
@@ -56,7 +56,7 @@ class InterpolateConvUpsampler(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, act: Union[str, tuple] = "RELU", norm=None
+        self, in_channels: int, out_channels: int, act: Union[str, tuple] = DEFAULT_ACT, norm=None
     ) -> None:
         super().__init__()
         self.conv = Convolution(2, in_channels, out_channels, kernel_size=3, act=act, norm=norm)
@@ -105,10 +105,10 @@ class MattingUNet(nn.Module):
         upsampling: str = "region_aware",
         scales: int = 3,
         kernel_size: int = 2,
-        implicit_hidden: int = 64,
+        implicit_hidden: int = 32,
         area_weighting: bool = False,
         convs_per_block: int = 2,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
         use_deform_conv: bool = False,
     ) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scripts.networks.blocks import DEFAULT_ACT
 from scripts.networks.matting_unet import MattingUNet
 from scripts.networks.prob_unet import ProbabilisticUNet
 from scripts.networks.uncertainty import binary_entropy_uncertainty
@@ -47,6 +48,9 @@ class MedicalMattingNet(nn.Module):
             this value on every call (deterministic predictions without touching the global RNG);
             ``None`` uses the global RNG (``torch.manual_seed`` then makes calls repeatable).
         use_deform_conv: implicit sampling through torchvision's deform_conv2d (needs torchvision).
+        channels_last: store the convolution weights in ``torch.channels_last`` memory format so that
+            the convolutions run in NHWC (about 25 % faster training steps on the project's CPU; see
+            docs/networks.md). Results are the same up to float rounding.
 
     Example::
 
@@ -67,15 +71,16 @@ class MedicalMattingNet(nn.Module):
         upsampling: str = "region_aware",
         scales: int = 3,
         kernel_size: int = 2,
-        implicit_hidden: int = 64,
+        implicit_hidden: int = 32,
         area_weighting: bool = False,
         convs_per_block: int = 2,
         latent_filters: Optional[Sequence[int]] = None,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
         detach_latent: bool = False,
         sample_seed: Optional[int] = None,
         use_deform_conv: bool = False,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if num_samples < 1:
@@ -101,6 +106,8 @@ class MedicalMattingNet(nn.Module):
             norm=norm,
             use_deform_conv=use_deform_conv,
         )
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------- helpers
     def _check_image(self, image: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Act, split_args
 from torch.distributions import Independent, Normal, kl_divergence
 
-from scripts.networks.blocks import conv_block
+from scripts.networks.blocks import DEFAULT_ACT, conv_block
 
 __all__ = ["UNetEncoder", "UNetDecoder", "AxisAlignedGaussianNet", "FComb", "ProbabilisticUNet"]
 
@@ -45,7 +45,7 @@ class UNetEncoder(nn.Module):
         in_channels: int,
         filters: Sequence[int],
         convs_per_block: int = 2,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
     ) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class UNetDecoder(nn.Module):
         self,
         filters: Sequence[int],
         convs_per_block: int = 2,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
     ) -> None:
         super().__init__()
@@ -127,7 +127,7 @@ class AxisAlignedGaussianNet(nn.Module):
         filters: Sequence[int],
         latent_dim: int,
         convs_per_block: int = 2,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
     ) -> None:
         super().__init__()
@@ -167,7 +167,7 @@ class FComb(nn.Module):
         latent_dim: int,
         num_layers: int = 3,
         out_channels: int = 1,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
     ) -> None:
         super().__init__()
         if num_layers < 2:
@@ -225,7 +225,7 @@ class ProbabilisticUNet(nn.Module):
         num_fcomb_layers: int = 3,
         convs_per_block: int = 2,
         latent_filters: Optional[Sequence[int]] = None,
-        act: Union[str, tuple] = "RELU",
+        act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
     ) -> None:
         super().__init__()
