@@ -217,3 +217,18 @@ def test_exported_nifti_studies_map_back_to_the_prepared_cases(tmp_path):
     assert main(["--dataset", str(dataset), "--out", str(tmp_path / "png"), "--format", "png", "--fold", "0"]) == 0
     with pytest.raises(ValueError, match="not empty"):
         export_studies(dataset, tmp_path / "png")
+
+
+def test_server_training_overrides_follow_the_served_network(bundle_root, tmp_path):
+    pytest.importorskip("monailabel", reason="monailabel is not installed")
+    if not (bundle_root / "configs" / "train.yaml").is_file():
+        pytest.skip("configs/train.yaml not present")
+    from scripts.monailabel_app.lib.trainers.matting import MattingTrainTask
+
+    model = BundleModel(bundle_root, weights_path=tmp_path / "m.pt", overrides=TINY)
+    task = MattingTrainTask(model, train_dir=tmp_path, train_overrides={"batch_size": 2})
+    overrides = task.training_overrides()
+    # network_def#... for the network itself, and the top-level keys train.yaml logs as parameters
+    assert overrides["network_def#prob_filters"] == [4, 8, 8, 8] and overrides["prob_filters"] == [4, 8, 8, 8]
+    assert overrides["implicit_hidden"] == 8 and overrides["num_samples"] == 2 and overrides["batch_size"] == 2
+    assert task.stats() == {"runs": 0}

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
@@ -100,6 +100,7 @@ class MattingTrainTask(TrainTask):
         tracking_uri: MLflow tracking URI; when set, the run is logged there (``--tracking mlflow``).
         train_overrides: further ``monai.bundle run`` overrides (e.g. ``{"batch_size": 2}``).
         timeout_s: limit of one training subprocess.
+        config_file: the bundle's training config (relative to the bundle root).
         description: shown by MONAI Label clients.
     """
 
@@ -113,6 +114,7 @@ class MattingTrainTask(TrainTask):
         tracking_uri: Optional[str] = None,
         train_overrides: Optional[Mapping[str, Any]] = None,
         timeout_s: Optional[float] = None,
+        config_file: str = "configs/train.yaml",
         description: str = "Train the medical matting network on the final labels of the datastore "
         "(the bundle's configs/train.yaml); publishes models/model.pt",
     ) -> None:
@@ -125,6 +127,7 @@ class MattingTrainTask(TrainTask):
         self.tracking_uri = tracking_uri or None
         self.train_overrides = dict(train_overrides or {})
         self.timeout_s = timeout_s
+        self.config_file = config_file
 
     def config(self) -> Dict[str, Any]:
         return {"epochs": self.epochs, "num_folds": self.num_folds, "fold": self.fold}
@@ -150,6 +153,25 @@ class MattingTrainTask(TrainTask):
         if value < minimum:
             raise InvalidRequestError(f"training option {key} must be >= {minimum}, got {value}")
         return value
+
+    def training_overrides(self) -> Dict[str, Any]:
+        """``monai.bundle run`` overrides of a server training run.
+
+        The served network's ``network_overrides`` (``network_def#<name>`` keys, valid for both the
+        inference and the training config) plus, for each ``<name>`` that is also a top-level key of
+        the training config (e.g. ``prob_filters``), the same value under ``<name>``, so that the
+        parameters the training logs (MLflow) are the ones used; then ``train_overrides``.
+        """
+        from monai.bundle import ConfigParser
+
+        overrides = dict(self.model.overrides)
+        top = ConfigParser.load_config_file(str(self.model.bundle_root / self.config_file))
+        for key, value in self.model.overrides.items():
+            name = key.split("#", 1)[1] if key.startswith("network_def#") else None
+            if name and "#" not in name and name in top:
+                overrides[name] = value
+        overrides.update(self.train_overrides)
+        return overrides
 
     def _publish(self, model_file: Path) -> None:
         target = self.model.weights_path
@@ -179,9 +201,9 @@ class MattingTrainTask(TrainTask):
         with open(dataset_dir / "datalist.json") as f:
             fold = min(fold, int(json.load(f)["num_folds"]) - 1)
 
-        overrides = {**self.model.overrides, **self.train_overrides}
         cmd = training_command(self.model.bundle_root, dataset_dir, run_dir / "ckpt", run_dir / "eval", epochs,
-                               fold=fold, tracking_uri=self.tracking_uri, overrides=overrides)
+                               fold=fold, config_file=self.config_file, tracking_uri=self.tracking_uri,
+                               overrides=self.training_overrides())
         logger.info(f"medical_matting training: {' '.join(cmd)}")
         start = time.time()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(

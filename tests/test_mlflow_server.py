@@ -1,0 +1,144 @@
+"""Training with ``--tracking mlflow`` against a real MLflow tracking server on 127.0.0.1.
+
+Starts ``mlflow server`` with a SQLite backend and served artifacts in a temporary folder, runs a
+tiny fold (``train_evaluate`` of configs/train.yaml + configs/evaluate.yaml, the bundle's own
+command) with ``--tracking_uri`` pointing at it, then checks with ``MlflowClient`` (over HTTP) that
+the run, its parameters, its per-epoch training metrics, the fold's test metrics and the figure /
+metric-table artifacts arrived -- the artifacts in the server's artifact store, uploaded through
+the server -- and stops the server (docs/monailabel.md, "MLflow tracking server").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed")
+requests = pytest.importorskip("requests")
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
+STARTUP_TIMEOUT_S = 150
+EPOCHS = 2
+TINY = ["--prob_filters", "[4,8,8,8]", "--matting_filters", "[4,8,8,8]", "--implicit_hidden", "8",
+        "--batch_size", "2"]
+
+pytestmark = [
+    pytest.mark.timeout(480),
+    pytest.mark.skipif(not (BUNDLE_ROOT / "configs" / "evaluate.yaml").is_file(),
+                       reason="configs/evaluate.yaml not present"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_command() -> list:
+    script = Path(sys.executable).parent / "mlflow"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mlflow"]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = root / "server.log"
+    cmd = _mlflow_command() + [
+        "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(log_path, "w")
+    # its own process group: the server runs its web workers as child processes
+    proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"mlflow server not up within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1.0)
+        yield {"url": url, "root": root, "artifacts": root / "artifacts", "proc": proc}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+
+
+def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from scripts.data.prepare import prepare_dataset
+
+    dataset = prepare_dataset("phantom", tmp_path / "phantom", num_cases=6, folds=3)
+    out = tmp_path / "fold0"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "train_evaluate", "--config_file", CONFIGS,
+           "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(dataset), "--fold", "0",
+           "--epochs", str(EPOCHS), "--ckpt_dir", str(out / "ckpt"), "--output_dir", str(out / "eval"),
+           "--progress_bar", "false", "--tracking", "mlflow", "--tracking_uri", mlflow_server["url"], *TINY]
+    run = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), capture_output=True, text=True, timeout=360,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""})
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    # the tracking_uri override took effect: nothing went to the default local store in output_dir
+    assert not (out / "eval" / "mlruns.db").exists() and not (out / "eval" / "mlruns").exists()
+
+    client = MlflowClient(tracking_uri=mlflow_server["url"])
+    experiment = client.get_experiment_by_name("medical_matting")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]  # training and evaluation share the fold's run
+    info, data = runs[0].info, runs[0].data
+    assert info.status == "FINISHED" and info.run_name == "fold0"
+
+    # parameters of training and of the evaluation
+    assert data.params["fold"] == "0" and data.params["epochs"] == str(EPOCHS)
+    assert data.params["prob_filters"] == "[4, 8, 8, 8]"
+    assert data.params["eval_checkpoint"] == str(out / "ckpt" / "model.pt")
+
+    # training metrics, one value per epoch (step = epoch). "train_loss" itself is also logged per
+    # iteration under the same key by MONAI's default MLflow settings, so the loss terms are checked.
+    for name in ("train_l1", "train_ce", "train_kl", "train_grad"):
+        history = client.get_metric_history(info.run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (name, [(m.step, m.value) for m in history])
+        assert all(0 <= m.value < float("inf") for m in history), name
+    assert "train_loss" in data.metrics
+    # final fold (test) metrics
+    for name in ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown", "ged"):
+        assert name in data.metrics, sorted(data.metrics)
+
+    # artifacts: listed by the server, stored in its artifact destination, downloadable over HTTP
+    names = {a.path for a in client.list_artifacts(info.run_id)}
+    assert {"figure_fold0.png", "metrics.json", "metrics.csv", "metrics_per_case.csv"} <= names, names
+    stored = list(mlflow_server["artifacts"].rglob("figure_fold0.png"))
+    assert len(stored) == 1 and info.run_id in str(stored[0])
+    local = client.download_artifacts(info.run_id, "figure_fold0.png", str(tmp_path))
+    with Image.open(local) as figure:
+        assert figure.format == "PNG" and figure.size[0] > 100 and figure.size[1] > 100
+    assert Path(local).read_bytes() == (out / "eval" / "figure_fold0.png").read_bytes()
+    metrics_json = client.download_artifacts(info.run_id, "metrics.json", str(tmp_path))
+    assert "sad_unknown" in io.open(metrics_json).read()
+    assert mlflow_server["proc"].poll() is None
