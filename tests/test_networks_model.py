@@ -169,3 +169,34 @@ def test_verify_net_in_out():
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(BUNDLE_ROOT / "configs" / "inference.yaml"))
+
+
+def test_model_sampling_positions_hand_computed_at_init():
+    net = _net().eval()  # scales 3, k 2: up3 (8x8 -> 16x16), up2 (16x16 -> 32x32)
+    pos = net.sampling_positions(torch.rand(2, 1, 32, 32), torch.tensor([[3, 3], [31, 0]]))
+    assert set(pos) == {"up3", "up2"}
+    assert pos["up2"].shape == (2, 2, 4, 2) and pos["up3"].shape == (2, 2, 4, 2)
+    # up2: output pixel 3 is 1.25 cells of the 16-grid -> codes 1, 2 -> output pixels 2.5, 4.5
+    assert torch.allclose(pos["up2"][0, 0], torch.tensor([[2.5, 2.5], [2.5, 4.5], [4.5, 2.5], [4.5, 4.5]]))
+    # up3: output pixel 3 lies in 16-grid pixel 1 = 0.25 cells of the 8-grid -> codes 0, 1
+    #      -> 16-grid pixels 0.5, 2.5 -> output pixels 1.5, 5.5
+    assert torch.allclose(pos["up3"][1, 0], torch.tensor([[1.5, 1.5], [1.5, 5.5], [5.5, 1.5], [5.5, 5.5]]))
+    # a bottom-left query (15.25, -0.25 cells): codes clamped to the last row and the first column
+    assert torch.allclose(pos["up2"][0, 1, :, 0], torch.full((4,), 30.5))
+    assert torch.allclose(pos["up2"][0, 1, :, 1], torch.full((4,), 0.5))
+    with pytest.raises(ValueError, match="bilinear"):
+        _net(upsampling="bilinear").sampling_positions(torch.rand(1, 1, 32, 32), torch.tensor([[0, 0]]))
+    with pytest.raises(ValueError, match="inside the output grid"):
+        net.sampling_positions(torch.rand(1, 1, 32, 32), torch.tensor([[32, 0]]))
+
+
+def test_model_sampling_positions_other_output_size_and_scales_1():
+    net = _net(scales=1).eval()
+    pos = net.sampling_positions(torch.rand(1, 1, 32, 32), torch.tensor([[10, 20]]), output_size=(48, 48))
+    assert set(pos) == {"up1"} and pos["up1"].shape == (1, 1, 4, 2)
+    assert (pos["up1"] >= -0.5).all() and (pos["up1"] <= 47.5).all()
+    # learned offsets move the samples
+    with torch.no_grad():
+        net.matting_unet.up1.offset_conv.bias.fill_(1.0)
+    moved = net.sampling_positions(torch.rand(1, 1, 32, 32), torch.tensor([[10, 20]]), output_size=(48, 48))
+    assert torch.allclose(moved["up1"], pos["up1"] + 1.5)  # 1 source cell = 1.5 output pixels

@@ -153,15 +153,19 @@ class RegionAwareImplicitUpsampler(nn.Module):
         return off.view(b, self.kernel_size**2, 2, hq, wq).permute(0, 1, 3, 4, 2)
 
     def positions(self, feat: torch.Tensor, output_size: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Query points (Hq, Wq, 2) and sampled code positions (B, k*k, Hq, Wq, 2), source-cell units."""
+        """Query points (Hq, Wq, 2) and sampled code positions (B, k*k, Hq, Wq, 2), source-cell units.
+
+        Coordinates are computed in at least float32 (also for half-precision features).
+        """
         source_size = tuple(feat.shape[-2:])
-        query = self.query_coordinates(source_size, output_size, feat.device, feat.dtype)
+        dtype = torch.promote_types(feat.dtype, torch.float32)
+        query = self.query_coordinates(source_size, output_size, feat.device, dtype)
         pos = self.base_positions(source_size, query).unsqueeze(0)
         off = self.offsets(feat, output_size)
         if off is None:
             pos = pos.expand(feat.shape[0], -1, -1, -1, -1)
         else:
-            pos = self._clamp(pos + off, source_size)
+            pos = self._clamp(pos + off.to(dtype), source_size)
         return query, pos
 
     # -------------------------------------------------------------------------------- sampling
@@ -173,7 +177,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
         # source-cell units -> normalised coordinates (align_corners=False); grid_sample wants (x, y)
         gy = (2.0 * pos[..., 0] + 1.0) / h - 1.0
         gx = (2.0 * pos[..., 1] + 1.0) / w - 1.0
-        grid = torch.stack([gx, gy], dim=-1).reshape(b, kk * hq, wq, 2)
+        grid = torch.stack([gx, gy], dim=-1).reshape(b, kk * hq, wq, 2).to(feat.dtype)
         return F.grid_sample(feat, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     @staticmethod
@@ -231,10 +235,10 @@ class RegionAwareImplicitUpsampler(nn.Module):
         query, pos = self.positions(feat, (hq, wq))
         codes = self._sample(feat, pos)  # (B, C, K*Hq, Wq)
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
-        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq)
+        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
         pred = self.mlp(torch.cat([codes, rel_map], dim=1)).view(b, self.out_channels, kk, hq, wq)
         if self.area_weighting:
-            return (pred * self._ensemble_weights(rel).unsqueeze(1)).sum(dim=2)
+            return (pred * self._ensemble_weights(rel).to(pred.dtype).unsqueeze(1)).sum(dim=2)
         return pred.sum(dim=2)
 
     def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
@@ -251,7 +255,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
         first, second = self.mlp[0], self.mlp[2]
         query, pos = self.positions(feat, (hq, wq))
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
-        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq)
+        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
         if first.out_channels <= c:  # project, then sample the (narrower) hidden features
             projected = F.conv2d(feat, first.weight[:, :c], first.bias)  # (B, hidden, h, w)
             hidden = self._sample(projected, pos) + F.conv2d(rel_map, first.weight[:, c:])
@@ -259,7 +263,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
             hidden = first(torch.cat([self._sample(feat, pos), rel_map], dim=1))
         hidden = F.relu(hidden, inplace=True).view(b, -1, kk, hq, wq)  # (B, hidden, K, Hq, Wq)
         if self.area_weighting:
-            hidden = (hidden * self._ensemble_weights(rel).unsqueeze(1)).sum(dim=2)  # weights sum to 1
+            hidden = (hidden * self._ensemble_weights(rel).to(hidden.dtype).unsqueeze(1)).sum(dim=2)  # weights sum to 1
             bias = second.bias
         else:
             hidden = hidden.sum(dim=2)

@@ -197,3 +197,57 @@ class MedicalMattingNet(nn.Module):
             "kl": kl,
             "sample_probs": sample_probs,
         }
+
+    @torch.no_grad()
+    def sampling_positions(
+        self,
+        image: torch.Tensor,
+        query_pixels: torch.Tensor,
+        output_size: Optional[Sequence[int]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Where each implicit upsampler sampled its latent codes for chosen output pixels.
+
+        For drawing the learned regions over the image (the paper's offset visualisation). Runs
+        :meth:`predict` once and reads each implicit upsampler's input through a forward hook.
+
+        Args:
+            image: (B, in_channels, H, W).
+            query_pixels: (Q, 2) integer (row, col) pixels of the output grid.
+            output_size: output grid (H', W'); default (H, W).
+
+        Returns:
+            ``{"up3" | "up2" | "up1": (B, Q, k*k, 2)}``: (row, col) positions in output-pixel
+            coordinates (fractional). For an upsampler whose own target grid is coarser than the
+            output (``up3`` decodes at H/2), the query is the pixel of that grid containing the
+            output pixel.
+        """
+        upsamplers = self.matting_unet.implicit_upsamplers()
+        if not upsamplers:
+            raise ValueError("upsampling='bilinear' has no implicit upsampler whose sampling positions could be shown")
+        captured: Dict[str, tuple] = {}
+
+        def keep(name: str):
+            def hook(module, args):
+                captured[name] = (args[0], tuple(int(v) for v in args[1]))
+
+            return hook
+
+        handles = [m.register_forward_pre_hook(keep(name)) for name, m in upsamplers.items()]
+        try:
+            alpha = self.predict(image, output_size)["alpha"]
+        finally:
+            for handle in handles:
+                handle.remove()
+        out_h, out_w = alpha.shape[-2:]
+        qp = torch.as_tensor(query_pixels, device=image.device).long().view(-1, 2)
+        if (qp < 0).any() or (qp[:, 0] >= out_h).any() or (qp[:, 1] >= out_w).any():
+            raise ValueError(f"query_pixels must lie inside the output grid {(out_h, out_w)}")
+        result = {}
+        for name, (feat, (hq, wq)) in captured.items():
+            scale = torch.tensor([hq / out_h, wq / out_w], device=image.device)
+            q = torch.floor((qp + 0.5) * scale).long()
+            q = torch.minimum(q, torch.tensor([hq - 1, wq - 1], device=image.device))
+            pos = upsamplers[name].sampling_positions(feat, (hq, wq), q)  # target-grid pixels
+            result[name] = (pos + 0.5) / scale.to(pos.dtype) - 0.5
+        return result
+
