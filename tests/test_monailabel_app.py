@@ -232,3 +232,30 @@ def test_server_training_overrides_follow_the_served_network(bundle_root, tmp_pa
     assert overrides["network_def#prob_filters"] == [4, 8, 8, 8] and overrides["prob_filters"] == [4, 8, 8, 8]
     assert overrides["implicit_hidden"] == 8 and overrides["num_samples"] == 2 and overrides["batch_size"] == 2
     assert task.stats() == {"runs": 0}
+
+
+#: monailabel 0.8.5 requirements deliberately not installed (docs/monailabel.md, "Install choice")
+UNNEEDED_MONAILABEL_REQUIREMENTS = {"httpx", "expiringdict", "pynetdicom", "numpymaxflow", "ninja", "einops",
+                                    "bcrypt", "shapely", "sam2"}
+
+
+def test_environment_has_monailabel_without_cuda_or_torchvision():
+    pytest.importorskip("monailabel", reason="monailabel is not installed")
+    from importlib.metadata import distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in distributions()}
+    assert "torchvision" not in installed and "sam2" not in installed
+    assert not [n for n in installed if n.startswith("nvidia-")], "CUDA wheels were installed"
+    assert installed["numpy"].version.startswith("1."), "numpy must stay < 2 (pydicom-seg, numpymaxflow)"
+    unmet = set()
+    for line in installed["monailabel"].requires or []:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(req.name)
+        if name not in installed or not req.specifier.contains(installed[name].version, prereleases=True):
+            unmet.add(name)
+    assert unmet <= UNNEEDED_MONAILABEL_REQUIREMENTS, unmet - UNNEEDED_MONAILABEL_REQUIREMENTS
