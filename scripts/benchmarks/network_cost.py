@@ -43,6 +43,9 @@ VARIANTS: Dict[str, dict] = {
     "scales=2": {"scales": 2},
     "kernel_size=1": {"kernel_size": 1},
     "kernel_size=3": {"kernel_size": 3},
+    # not ablations of the paper: cheaper Probabilistic U-Net settings for the speed budget
+    "latent_filters=16,32,64,96": {"latent_filters": (16, 32, 64, 96)},
+    "prob_filters=16,32,64,96": {"prob_filters": (16, 32, 64, 96)},
 }
 
 
@@ -125,6 +128,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     parser.add_argument("--batch", type=int, default=4, help="batch size of the timed step (default 4)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--variants", default="all", help="comma-separated names from VARIANTS, or 'all'")
     parser.add_argument("--no-time", action="store_true", help="only parameters and FLOPs")
@@ -138,6 +142,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     override = json.loads(args.override)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     header = {
         "commit": _git_commit(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
