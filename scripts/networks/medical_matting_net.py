@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributions import Independent
 
 from scripts.networks.blocks import DEFAULT_ACT
 from scripts.networks.matting_unet import MattingUNet
@@ -122,10 +123,16 @@ class MedicalMattingNet(nn.Module):
         gen.manual_seed(int(self.sample_seed))
         return gen
 
-    def _prior_samples(self, image: torch.Tensor, features: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Sigmoid probabilities of N prior samples (B, N, H, W), without gradient."""
+    def _prior_samples(
+        self, image: torch.Tensor, features: torch.Tensor, num_samples: int, prior: Optional[Independent] = None
+    ) -> torch.Tensor:
+        """Sigmoid probabilities of N prior samples (B, N, H, W), without gradient.
+
+        ``prior``: p(z|x) when already computed (no graph is recorded from it here).
+        """
         with torch.no_grad():
-            prior = self.prob_unet.prior(image)
+            if prior is None:
+                prior = self.prob_unet.prior(image)
             z = self.prob_unet.sample_latents(prior, num_samples, self._generator(image.device))
             return torch.sigmoid(self.prob_unet.combine(features.detach(), z))
 
@@ -187,7 +194,7 @@ class MedicalMattingNet(nn.Module):
         posterior = prob.posterior(image, seg_target)
         seg_logits = prob.combine(features, posterior.rsample().unsqueeze(1))  # (B, 1, H, W)
         kl = prob.kl(posterior, prior)
-        sample_probs = self._prior_samples(image, features, self.num_samples)
+        sample_probs = self._prior_samples(image, features, self.num_samples, prior)
         uncertainty = binary_entropy_uncertainty(sample_probs)
         alpha = self.matting_unet(image, self._matting_latent(features), uncertainty)
         return {
