@@ -141,6 +141,10 @@ def test_bad_inputs_raise_clear_errors():
         net(torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="seg_target"):
         net.forward_train(torch.rand(1, 1, 16, 16), torch.ones(1, 16, 16))
+    with pytest.raises(ValueError, match="output_size"):
+        net(torch.rand(1, 1, 16, 16), output_size=(0, 16))
+    with pytest.raises(ValueError, match="output_size"):
+        net(torch.rand(1, 1, 16, 16), output_size=(16, 16, 2))
     with pytest.raises(ValueError, match="upsampling"):
         MedicalMattingNet(upsampling="nearest")
     with pytest.raises(ValueError, match="scales"):

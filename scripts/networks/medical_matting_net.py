@@ -158,7 +158,13 @@ class MedicalMattingNet(nn.Module):
             ``sample_probs`` (B, N, H, W).
         """
         self._check_image(image)
+        if output_size is not None:
+            output_size = tuple(int(v) for v in output_size)
+            if len(output_size) != 2 or min(output_size) < 1:
+                raise ValueError(f"output_size must be two positive ints (H', W'), got {output_size}")
         n = self.num_samples if num_samples is None else int(num_samples)
+        if n < 1:
+            raise ValueError(f"num_samples must be >= 1, got {n}")
         features = self.prob_unet.features(image)
         sample_probs = self._prior_samples(image, features, n)
         uncertainty = binary_entropy_uncertainty(sample_probs)
