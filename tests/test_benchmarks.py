@@ -1,0 +1,70 @@
+"""Smoke tests of the speed benchmarks (scripts/benchmarks): they run and write their JSON.
+
+Tiny networks and 1-2 iterations; no timing is asserted (timings belong in docs/benchmarks.md).
+"""
+
+import json
+
+import pytest
+import torch
+
+from scripts.benchmarks import levers, training_speed
+
+TINY = [
+    "prob_filters=[4,8,8,8]",
+    "matting_filters=[4,4,8,8]",
+    "implicit_hidden=8",
+    "num_samples=2",
+    "network_def#convs_per_block=1",
+]
+
+
+def test_parse_overrides_reads_yaml_values():
+    assert training_speed.parse_overrides(["num_samples=4", "prob_filters=[16, 32]", "network_def#norm=null"]) == {
+        "num_samples": 4,
+        "prob_filters": [16, 32],
+        "network_def#norm": None,
+    }
+    with pytest.raises(ValueError, match="ID=VALUE"):
+        training_speed.parse_overrides(["num_samples"])
+
+
+def test_build_from_config_applies_overrides():
+    parts = training_speed.build_from_config(overrides=training_speed.parse_overrides(TINY))
+    net = parts["network"]
+    assert net.num_samples == 2 and parts["network_args"]["implicit_hidden"] == 8
+    assert parts["batch_size"] == 4 and parts["augment"]["deform_prob"] == 0.5
+
+
+@pytest.mark.timeout(300)
+def test_training_speed_writes_json(tmp_path):
+    out = tmp_path / "speed.json"
+    argv = ["--iterations", "2", "--warmup", "1", "--inference-runs", "1", "--augment-images", "2",
+            "--reference-runs", "0", "--batch", "2", "--bf16", "--json", str(out)]
+    for item in TINY:
+        argv += ["--set", item]
+    training_speed.main(argv)
+    result = json.loads(out.read_text())
+    assert result["training"]["iterations"] == 2 and len(result["training"]["wall_s"]) == 3
+    assert result["training"]["images_per_s"] > 0 and result["inference"]["num_samples"] == 2
+    assert result["flops"]["train_per_image"] > result["flops"]["inference_per_image"] > 0
+    assert result["augmentation"]["mean_s"] > 0 and result["peak_rss_mib"] > 0
+    assert result["bf16_check"]["all_finite"] and result["bf16_check"]["predict_alpha_max_abs_diff"] < 0.1
+    assert result["machine"]["commit"] and result["machine"]["torch"] == torch.__version__
+    assert result["network_args"]["convs_per_block"] == 1
+
+
+@pytest.mark.timeout(300)
+def test_lever_comparison_interleaves(tmp_path, monkeypatch):
+    tiny = training_speed.parse_overrides(TINY)
+    monkeypatch.setitem(
+        levers.LEVERS, "tiny:num_samples", (levers._v(tiny), levers._v({**tiny, "num_samples": 1}, threads=1))
+    )
+    out = tmp_path / "levers.json"
+    result = levers.main(["--levers", "tiny:num_samples", "--rounds", "2", "--iterations", "1", "--warmup", "0",
+                          "--json", str(out)])
+    row = json.loads(out.read_text())["levers"]["tiny:num_samples"]
+    assert len(row["per_round"]["wall_a"]) == 2 and len(row["per_round"]["wall_b"]) == 2
+    assert row["wall"]["ratio_min"] <= row["wall"]["ratio_median"] <= row["wall"]["ratio_max"]
+    assert result["levers"]["tiny:num_samples"]["b"]["threads"] == 1
+    assert "| tiny:num_samples |" in levers.markdown_table(result)
