@@ -1,0 +1,428 @@
+"""Cross-validation: train and evaluate every fold one after another, resume, and aggregate.
+
+Each fold runs the ``train_evaluate`` target of ``configs/train.yaml`` + ``configs/evaluate.yaml``
+in its own ``python -m monai.bundle run`` process (a failing or crashing fold cannot take the
+others down) with ``output_dir = OUT/fold<k>`` and ``ckpt_dir = OUT/fold<k>/models``, its output
+going to ``OUT/fold<k>/log.txt`` (and the console). A fold whose ``metrics.json`` exists is
+finished and skipped; an interrupted fold resumes from its last checkpoint. A fold that fails is
+reported (status, return code, log file) and the others go on; the finished folds are never
+touched. At the end the runner writes the aggregate over the finished folds:
+
+- ``OUT/crossval.json``: per fold the mean of every metric, and over folds the mean, the standard
+  deviation (``ddof=0``), and the pooled mean over all test cases; plus the folds that failed or
+  are missing, the command, the configs, the overrides and the wall time;
+- ``OUT/crossval.csv`` (one row per fold, then ``mean`` and ``std``), ``OUT/crossval.md`` (a
+  markdown table ``mean +/- std``) and ``OUT/crossval_per_case.csv`` (every test case with its fold).
+
+With ``--tracking mlflow`` every fold is an MLflow run nested under a parent run of the
+cross-validation (tag ``cv_id`` on all of them); the parent run gets the aggregate metrics
+(``mean_<metric>``, ``std_<metric>``) and the three tables as artifacts. The store defaults to
+``sqlite:///OUT/mlruns.db`` (``--tracking_uri`` to use a server).
+
+Example::
+
+    python -m scripts.crossval --dataset_dir data/phantom --output_dir eval/cv --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_CONFIG_FILES", "fold_command", "aggregate_folds", "write_aggregate", "run_crossval", "main"]
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
+METRICS_FILE = "metrics.json"
+PER_CASE_FILE = "metrics_per_case.json"
+# order of the columns in the tables (others follow in file order)
+PREFERRED_ORDER = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown",
+                   "sad_image", "mse_image", "grad_image", "conn_image", "ged", "dice")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_cv_id(output_dir: str | os.PathLike) -> str:
+    """A stable id of a cross-validation: the output folder's name plus a hash of its absolute path."""
+    path = os.path.abspath(output_dir)
+    return f"{os.path.basename(path) or 'cv'}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def fold_command(
+    fold: int,
+    dataset_dir: str | os.PathLike,
+    fold_dir: str | os.PathLike,
+    config_files: Sequence[str],
+    overrides: Sequence[str] = (),
+    run_id: str = "train_evaluate",
+    tracking: str | None = None,
+    tracking_args: Sequence[str] = (),
+    python: str = sys.executable,
+) -> list[str]:
+    """The ``python -m monai.bundle run`` command of one fold (a list for ``subprocess``).
+
+    ``overrides`` are passed through as they are (``["--epochs", "20", ...]``) after the fold's own
+    keys, so they can change anything except the dataset, fold and folders.
+    """
+    cmd = [
+        python, "-m", "monai.bundle", "run", run_id,
+        "--config_file", str(list(config_files)),
+        "--dataset_dir", str(os.path.abspath(dataset_dir)),
+        "--fold", str(int(fold)),
+        "--output_dir", str(os.path.abspath(fold_dir)),
+        "--ckpt_dir", str(os.path.abspath(Path(fold_dir) / "models")),
+        "--progress_bar", "False",
+    ]
+    cmd += list(overrides)
+    if tracking:
+        cmd += ["--tracking", tracking, *tracking_args]
+    return cmd
+
+
+def _ordered(names: Sequence[str]) -> list[str]:
+    first = [n for n in PREFERRED_ORDER if n in names]
+    return first + [n for n in names if n not in first]
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    vals = _finite(values)
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+    return mean, std
+
+
+def aggregate_folds(output_dir: str | os.PathLike, folds: Sequence[int]) -> dict[str, Any]:
+    """Read ``OUT/fold<k>/metrics.json`` (+ per-case files) of the given folds and aggregate them.
+
+    Returns ``{"folds": {k: {metric: mean}}, "num_cases": {k: n}, "metrics": [names], "mean": {...},
+    "std": {...}, "pooled_mean": {...}, "finished": [k...], "missing": [k...], "per_case": [rows]}``.
+    """
+    out = Path(output_dir)
+    per_fold: dict[int, dict[str, float | None]] = {}
+    num_cases: dict[int, int] = {}
+    per_case: list[dict[str, Any]] = []
+    names: list[str] = []
+    missing = []
+    for k in folds:
+        path = out / f"fold{k}" / METRICS_FILE
+        if not path.is_file():
+            missing.append(k)
+            continue
+        summary = json.loads(path.read_text())
+        metrics = summary.get("metrics", {})
+        per_fold[k] = {name: stats.get("mean") for name, stats in metrics.items()}
+        num_cases[k] = int(summary.get("num_cases", 0))
+        names += [n for n in metrics if n not in names]
+        case_path = out / f"fold{k}" / PER_CASE_FILE
+        if case_path.is_file():
+            per_case += [{"fold": k, **row} for row in json.loads(case_path.read_text())]
+    names = _ordered(names)
+    mean, std, pooled = {}, {}, {}
+    for name in names:
+        mean[name], std[name] = _stats([per_fold[k].get(name) for k in per_fold])
+        pooled[name], _ = _stats([row.get(name) for row in per_case])
+    return {
+        "folds": {str(k): v for k, v in per_fold.items()},
+        "num_cases": {str(k): v for k, v in num_cases.items()},
+        "metrics": names,
+        "mean": mean,
+        "std": std,
+        "pooled_mean": pooled,
+        "finished": sorted(per_fold),
+        "missing": missing,
+        "per_case": per_case,
+    }
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], extra: dict[str, Any]) -> dict[str, Path]:
+    """Write ``crossval.json``, ``crossval.csv``, ``crossval.md`` and ``crossval_per_case.csv`` into ``output_dir``."""
+    out = Path(output_dir)
+    names = aggregate["metrics"]
+    paths = {k: out / f"crossval{s}" for k, s in (("json", ".json"), ("csv", ".csv"), ("md", ".md"),
+                                                    ("per_case", "_per_case.csv"))}
+    summary = {key: value for key, value in aggregate.items() if key != "per_case"}
+    _write_text_atomic(paths["json"], json.dumps({**summary, **extra}, indent=1) + "\n")
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["fold", "num_cases", *names])
+    for k, values in aggregate["folds"].items():
+        writer.writerow([k, aggregate["num_cases"][k], *(repr(values.get(n)) for n in names)])
+    writer.writerow(["mean", "", *(repr(aggregate["mean"][n]) for n in names)])
+    writer.writerow(["std", "", *(repr(aggregate["std"][n]) for n in names)])
+    _write_text_atomic(paths["csv"], buf.getvalue())
+
+    lines = ["| fold | cases | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
+    for k, values in aggregate["folds"].items():
+        lines.append(f"| {k} | {aggregate['num_cases'][k]} | " + " | ".join(_fmt(values.get(n)) for n in names) + " |")
+    lines.append("| mean +/- std | | " + " | ".join(
+        f"{_fmt(aggregate['mean'][n])} +/- {_fmt(aggregate['std'][n])}" for n in names) + " |")
+    notes = []
+    if aggregate["missing"]:
+        notes.append(f"Folds without results (failed or not run): {aggregate['missing']}.")
+    _write_text_atomic(paths["md"], "\n".join(lines + ([""] + notes if notes else [])) + "\n")
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["fold", "case", *names])
+    for row in aggregate["per_case"]:
+        writer.writerow([row["fold"], row.get("case"), *(repr(row.get(n)) for n in names)])
+    _write_text_atomic(paths["per_case"], buf.getvalue())
+    return paths
+
+
+class _ParentRun:
+    """The MLflow parent run of a cross-validation (found again by its ``cv_id`` on resume)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, cv_id: str, params: dict[str, Any]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            artifact_location = None
+            if tracking_uri.startswith("sqlite:///"):
+                db = Path(tracking_uri[len("sqlite:///"):])
+                artifact_location = (db.parent / "mlruns").absolute().as_uri()
+            experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifact_location)
+        else:
+            experiment_id = experiment.experiment_id
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.cv_id = '{cv_id}' and tags.cv_parent = 'true'",
+            order_by=["attributes.start_time DESC"],
+        )
+        if runs:
+            self.run_id = runs[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(experiment_id, run_name=f"crossval-{cv_id}",
+                                         tags={"cv_id": cv_id, "cv_parent": "true"})
+            self.run_id = run.info.run_id
+        logged = self.client.get_run(self.run_id).data.params
+        for key, value in params.items():
+            if key not in logged:
+                self.client.log_param(self.run_id, key, str(value)[:6000])
+
+    def finish(self, aggregate: dict[str, Any], artifacts: Sequence[Path], failed: bool) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = []
+        for name in aggregate["metrics"]:
+            for kind in ("mean", "std"):
+                value = aggregate[kind][name]
+                if value is not None:
+                    metrics.append(Metric(f"{kind}_{name}", float(value), stamp, 0))
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], echo: bool) -> int:
+    """Run ``cmd`` with its output appended to ``log_path`` (and echoed); return its exit code."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=str(BUNDLE_ROOT), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        return proc.wait()
+
+
+def run_crossval(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    config_files: Sequence[str] = DEFAULT_CONFIG_FILES,
+    overrides: Sequence[str] = (),
+    run_id: str = "train_evaluate",
+    tracking: str | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str = "medical_matting",
+    cv_id: str | None = None,
+    echo: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the cross-validation and write the aggregate; see the module docstring.
+
+    Args:
+        dataset_dir: a prepared dataset (``datalist.json``).
+        output_dir: the cross-validation folder (``fold<k>/`` per fold, aggregate files at the top).
+        folds: the folds to run (default: all folds of the datalist).
+        config_files: bundle configs, merged in order (train.yaml, evaluate.yaml, then your own).
+        overrides: extra ``--key value`` arguments for every fold.
+        run_id: the bundle target run per fold.
+        tracking: ``"mlflow"`` (or a MONAI tracking settings file) to track the folds; ``None``: no tracking.
+        tracking_uri: MLflow store (default ``sqlite:///<output_dir>/mlruns.db``).
+        experiment_name: MLflow experiment.
+        cv_id: id grouping the folds (default: :func:`default_cv_id` of ``output_dir``).
+        echo: copy the folds' output to stdout.
+        command: the command line to record in ``crossval.json``.
+
+    Returns:
+        ``{"aggregate": ..., "status": {fold: {...}}, "failed": [...], "paths": {...}}``.
+    """
+    start = time.time()
+    out = Path(output_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset_dir = Path(dataset_dir).absolute()
+    datalist_path = dataset_dir / "datalist.json"
+    if not datalist_path.is_file():
+        raise FileNotFoundError(f"{datalist_path}: not found (prepare the data with python -m scripts.prepare_data).")
+    num_folds = int(json.loads(datalist_path.read_text())["num_folds"])
+    folds = list(range(num_folds)) if not folds else [int(k) for k in folds]
+    bad = [k for k in folds if not 0 <= k < num_folds]
+    if bad:
+        raise ValueError(f"folds {bad} are not in 0 .. {num_folds - 1} ({datalist_path}).")
+    cv_id = cv_id or default_cv_id(out)
+    # configs relative to the current folder if they exist there, else to the bundle root (the folds' cwd)
+    config_files = [str(Path(c).absolute()) if not os.path.isabs(c) and Path(c).is_file() else str(c)
+                    for c in config_files]
+
+    parent = None
+    tracking_args: list[str] = []
+    if tracking:
+        tracking_uri = tracking_uri or f"sqlite:///{out / 'mlruns.db'}"
+        parent = _ParentRun(tracking_uri, experiment_name, cv_id, {
+            "dataset_dir": str(dataset_dir), "folds": folds, "config_files": config_files,
+            "overrides": " ".join(overrides), "run_id": run_id,
+        })
+        tracking_args = ["--tracking_uri", tracking_uri, "--experiment_name", experiment_name,
+                         "--mlflow_parent_run_id", parent.run_id]
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    status: dict[str, dict[str, Any]] = {}
+    status_path = out / "crossval_status.json"
+    for k in folds:
+        fold_dir = out / f"fold{k}"
+        if (fold_dir / METRICS_FILE).is_file():
+            status[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0}
+            print(f"[crossval] fold {k}: finished before, skipped ({fold_dir / METRICS_FILE})", flush=True)
+            continue
+        cmd = fold_command(k, dataset_dir, fold_dir, config_files, [*overrides, "--cv_id", cv_id], run_id,
+                           tracking, tracking_args)
+        print(f"[crossval] fold {k}: running, log {fold_dir / 'log.txt'}", flush=True)
+        t0 = time.time()
+        code = _run_logged(cmd, fold_dir / "log.txt", env, echo)
+        seconds = round(time.time() - t0, 1)
+        if code == 0 and (fold_dir / METRICS_FILE).is_file():
+            status[str(k)] = {"status": "done", "seconds": seconds}
+            print(f"[crossval] fold {k}: done in {seconds} s", flush=True)
+        else:
+            status[str(k)] = {"status": "failed", "returncode": code, "seconds": seconds,
+                              "log": str(fold_dir / "log.txt")}
+            print(f"[crossval] fold {k}: FAILED (exit code {code}) after {seconds} s; see {fold_dir / 'log.txt'}",
+                  flush=True)
+        _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+    _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+
+    aggregate = aggregate_folds(out, folds)
+    failed = [int(k) for k, s in status.items() if s["status"] == "failed"]
+    extra = {
+        "dataset_dir": str(dataset_dir),
+        "config_files": config_files,
+        "overrides": list(overrides),
+        "run_id": run_id,
+        "cv_id": cv_id,
+        "failed": failed,
+        "status": status,
+        "command": command,
+        "seconds_this_invocation": round(time.time() - start, 1),
+        "seconds_all_folds": round(sum(s.get("seconds", 0.0) for s in status.values()), 1),
+    }
+    paths = write_aggregate(out, aggregate, extra)
+    if parent is not None:
+        parent.finish(aggregate, [paths["json"], paths["csv"], paths["md"]], failed=bool(failed or aggregate["missing"]))
+    print(f"[crossval] {len(aggregate['finished'])} of {len(folds)} folds finished; aggregate in {paths['md']}",
+          flush=True)
+    if failed:
+        print(f"[crossval] failed folds: {failed} (rerun the same command to retry them)", flush=True)
+    return {"aggregate": aggregate, "status": status, "failed": failed, "paths": paths}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.crossval",
+        description="Train and evaluate every fold of a prepared dataset, resume finished folds, aggregate. "
+        "Unknown --key value arguments are passed to every fold's bundle run (e.g. --epochs 20).",
+    )
+    p.add_argument("--dataset_dir", required=True, help="prepared dataset (datalist.json)")
+    p.add_argument("--output_dir", required=True, help="cross-validation folder (fold<k>/ per fold)")
+    p.add_argument("--folds", type=int, nargs="*", default=None, help="folds to run (default: all)")
+    p.add_argument("--config_file", default=None,
+                   help="bundle configs as a list string, default \"['configs/train.yaml','configs/evaluate.yaml']\"")
+    p.add_argument("--run_id", default="train_evaluate", help="bundle target per fold")
+    p.add_argument("--tracking", default=None, help="mlflow: one MLflow run per fold under a parent run")
+    p.add_argument("--tracking_uri", default=None, help="MLflow store (default sqlite:///OUT/mlruns.db)")
+    p.add_argument("--experiment_name", default="medical_matting")
+    p.add_argument("--cv_id", default=None, help="id grouping the folds (default: from the output folder)")
+    p.add_argument("--quiet", action="store_true", help="do not echo the folds' output (it stays in fold<k>/log.txt)")
+    return p
+
+
+def _parse_config_files(value: str | None) -> list[str]:
+    if value is None:
+        return list(DEFAULT_CONFIG_FILES)
+    text = value.strip()
+    if text.startswith("["):
+        import ast
+
+        return [str(v) for v in ast.literal_eval(text)]
+    return [v for v in text.split(",") if v]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    bad = [a for a in overrides if a.startswith("--") and a[2:].split("=")[0] in ("fold", "dataset_dir", "ckpt_dir")]
+    if bad:
+        raise SystemExit(f"{bad}: the runner sets these per fold; use --folds / --dataset_dir / --output_dir.")
+    result = run_crossval(
+        dataset_dir=args.dataset_dir,
+        output_dir=args.output_dir,
+        folds=args.folds,
+        config_files=_parse_config_files(args.config_file),
+        overrides=overrides,
+        run_id=args.run_id,
+        tracking=args.tracking,
+        tracking_uri=args.tracking_uri,
+        experiment_name=args.experiment_name,
+        cv_id=args.cv_id,
+        echo=not args.quiet,
+        command=shlex.join(["python", "-m", "scripts.crossval", *(sys.argv[1:] if argv is None else argv)]),
+    )
+    return 1 if result["failed"] or result["aggregate"]["missing"] else 0
