@@ -172,10 +172,15 @@ class TrainingCheckpointHandler:
         self._last_saved_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Register ``load`` (STARTED), ``save`` (EPOCH_COMPLETED every ``save_interval``) and ``complete``."""
+        """Register ``load`` (STARTED), ``save`` (EPOCH_COMPLETED every ``save_interval``) and ``complete``.
+
+        ``save`` is registered when the engine starts, i.e. after every other handler (MONAI's
+        ``MLFlowHandler`` is appended to the handler list by ``--tracking``): an epoch's checkpoint is
+        written only once everything else of that epoch (validation, logging) is done, so a run
+        killed at any moment repeats no logged epoch and skips none.
+        """
         self.logger = engine.logger
         engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.complete)
 
     # ------------------------------------------------------------------ resume
@@ -186,6 +191,8 @@ class TrainingCheckpointHandler:
 
     def load(self, engine: Engine) -> None:
         """Restore the newest checkpoint of ``ckpt_dir`` into ``save_dict`` and the engine (if any)."""
+        if not engine.has_event_handler(self.save):
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         self._remove_stale_tmp()
         path = latest_checkpoint(self.ckpt_dir) if self.resume else None
         if path is None:

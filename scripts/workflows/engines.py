@@ -260,12 +260,13 @@ class output_scalar:  # noqa: N801 (a picklable callable used like a function)
         return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
-def loss_averages(names: Sequence[str] = LOSS_NAMES, prefix: str = "train_") -> dict[str, Average]:
+def loss_averages(names: Sequence[str] = LOSS_NAMES, prefix: str = "train_epoch_") -> dict[str, Average]:
     """Ignite ``Average`` metrics of the trainer's scalar losses, one per name, keyed ``prefix + name``.
 
     Give them to ``MattingTrainer(additional_metrics=...)``: each epoch ``engine.state.metrics`` then
-    holds the epoch means (``train_loss``, ``train_l1``, ...), which ``StatsHandler`` prints and
-    ``MLFlowHandler`` logs per epoch.
+    holds the epoch means (``train_epoch_loss``, ``train_epoch_l1``, ...), which ``StatsHandler``
+    prints and ``MLFlowHandler`` logs per epoch (step = epoch; MONAI's MLflow trainer handler logs
+    the per-iteration loss as ``train_loss``, step = iteration).
 
     Example::
 
