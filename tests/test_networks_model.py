@@ -204,3 +204,25 @@ def test_model_sampling_positions_other_output_size_and_scales_1():
         net.matting_unet.up1.offset_conv.bias.fill_(1.0)
     moved = net.sampling_positions(torch.rand(1, 1, 32, 32), torch.tensor([[10, 20]]), output_size=(48, 48))
     assert torch.allclose(moved["up1"], pos["up1"] + 1.5)  # 1 source cell = 1.5 output pixels
+
+
+def test_network_cost_benchmark_smoke(tmp_path):
+    import json
+
+    from scripts.benchmarks import network_cost
+
+    override = json.dumps({"prob_filters": [4, 8, 8], "matting_filters": [4, 8, 8], "implicit_hidden": 4, "num_samples": 2})
+    rows = network_cost.main(
+        ["--size", "16", "--batch", "1", "--runs", "1", "--warmup", "0", "--variants", "default,kernel_size=1",
+         "--override", override, "--json", str(tmp_path / "cost.json")]
+    )
+    assert [r["variant"] for r in rows] == ["default", "kernel_size=1"]
+    for r in rows:
+        f = r["gflops_forward"]
+        assert f["MattingUNet"] > 0 and f["ProbabilisticUNet"] > 0
+        assert abs(f["ProbabilisticUNet"] + f["MattingUNet"] - f["total"]) < 1e-12
+        assert r["gflops_train_forward"]["total"] > f["total"]  # adds the posterior net
+        assert r["params"] == r["params_prob_unet"] + r["params_matting_unet"]
+        assert r["time"]["wall_median_s"] > 0
+    assert rows[1]["params"] < rows[0]["params"]  # k = 1: fewer offset channels
+    assert json.loads((tmp_path / "cost.json").read_text())["results"][0]["variant"] == "default"
