@@ -360,3 +360,33 @@ def test_crossval_aggregate_and_fold_command(tmp_path):
     assert cmd[3:5] == ["run", "train_evaluate"] and cmd[cmd.index("--fold") + 1] == "1"
     assert cmd[cmd.index("--ckpt_dir") + 1] == str(tmp_path / "fold1" / "models")
     assert cmd[-2:] == ["--tracking", "mlflow"] and "--epochs" in cmd
+
+
+def test_mlflow_run_handler_reuses_the_fold_run_and_can_drop_iteration_logging(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from monai.handlers import MLFlowHandler
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+
+    def run_once(run_key: str, params: dict, iteration_log: bool) -> MLflowRunHandler:
+        engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+        ours = MLflowRunHandler(run_key=run_key, params=params, tags={"fold": 0}, iteration_log=iteration_log)
+        ours.attach(engine)
+        MLFlowHandler(tracking_uri=uri, experiment_name="exp", run_name="fold0", close_on_complete=True,
+                      output_transform=lambda out: out["loss"]).attach(engine)
+        engine.run([1, 2], max_epochs=1)
+        return ours
+
+    first = run_once("/out/a", {"lr": 0.1, "net": {"filters": [4, 8]}}, iteration_log=False)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["run_key"] == "/out/a" and run.data.tags["fold"] == "0"
+    assert run.data.params["lr"] == "0.1" and run.data.params["net.filters"] == "[4, 8]"
+    assert "Loss" not in run.data.metrics  # per-iteration logging detached
+    second = run_once("/out/a", {"lr": 0.2}, iteration_log=True)  # same fold again: same run, re-opened
+    assert second.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.data.params["lr"] == "0.1" and "lr: 0.1 -> 0.2" in run.data.tags["changed_params"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "Loss")] == [1, 2]
+    third = run_once("/out/b", {}, iteration_log=True)  # another output folder: another run
+    assert third.run_id != first.run_id

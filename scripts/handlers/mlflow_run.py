@@ -82,6 +82,9 @@ class MLflowRunHandler:
         artifact_path: folder inside the run's artifacts for ``artifacts``.
         reopen: re-open a finished run with the same name and ``run_key`` (``True``) or start a new
             one (``False``).
+        iteration_log: keep MONAI's per-iteration logging (the loss and learning rate of every
+            iteration: two database writes per iteration); ``False`` detaches it, leaving the
+            per-epoch metrics.
 
     Example::
 
@@ -97,6 +100,7 @@ class MLflowRunHandler:
         artifacts: Sequence[str | os.PathLike] | None = None,
         artifact_path: str | None = None,
         reopen: bool = True,
+        iteration_log: bool = True,
     ) -> None:
         self.run_key = str(run_key)
         self.params = dict(params or {})
@@ -105,6 +109,7 @@ class MLflowRunHandler:
         self.artifacts = [Path(a) for a in (artifacts or [])]
         self.artifact_path = artifact_path
         self.reopen = reopen
+        self.iteration_log = iteration_log
         self.logger = logging.getLogger(__name__)
         self.run_id: str | None = None
         self._mlflow_handlers: list = []
@@ -145,6 +150,10 @@ class MLflowRunHandler:
         self._mlflow_handlers = attached_mlflow_handlers(engine)
         if not self._mlflow_handlers:
             return
+        if not self.iteration_log:
+            for handler in self._mlflow_handlers:
+                if engine.has_event_handler(handler.iteration_completed, Events.ITERATION_COMPLETED):
+                    engine.remove_event_handler(handler.iteration_completed, Events.ITERATION_COMPLETED)
         first = self._mlflow_handlers[0]
         run = first.cur_run or self._find_or_create_run(first)
         for handler in self._mlflow_handlers:
