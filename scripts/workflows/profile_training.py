@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ def profile_training(
         overrides: config overrides.
 
     Returns ``{"epochs", "iterations_per_epoch", "batch_size", "train_cases", "epoch_s" (each
-    epoch), "dataflow_s", "processing_s", "handlers_s" (totals over all epochs), "checkpoint_save_s"
+    epoch's wall time), "epoch_process_cpu_s" (its process CPU time, all threads), "dataflow_s", "processing_s", "handlers_s" (totals over all epochs), "checkpoint_save_s"
     (each save), "handlers" ({name: total seconds}), "torch_threads"}``.
     """
     import torch
@@ -67,12 +68,23 @@ def profile_training(
         basic.attach(trainer)
         per_handler.attach(trainer)
         epoch_times: list[float] = []
+        epoch_cpu: list[float] = []
         clock: dict[str, float] = {}
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.__setitem__("t", time.perf_counter()))
-        trainer.add_event_handler(Events.EPOCH_COMPLETED,
-                                  lambda e: epoch_times.append(time.perf_counter() - clock["t"]))
+
+        def _start(engine: Any) -> None:
+            clock["t"], clock["cpu"] = time.perf_counter(), time.process_time()
+
+        def _end(engine: Any) -> None:
+            epoch_times.append(time.perf_counter() - clock["t"])
+            epoch_cpu.append(time.process_time() - clock["cpu"])
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, _start)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, _end)
         trainer.run()
         results = basic.get_results()
+        per_iter = len(trainer.data_loader)
+        dataflow_epochs = basic.dataflow_times.reshape(-1, per_iter).sum(dim=1).tolist()
+        processing_epochs = basic.processing_times.reshape(-1, per_iter).sum(dim=1).tolist()
         handler_rows = per_handler.get_results()
     handlers: dict[str, float] = {}
     for row in handler_rows:
@@ -87,12 +99,16 @@ def profile_training(
         "batch_size": trainer.data_loader.batch_size,
         "train_cases": len(trainer.data_loader.dataset),
         "epoch_s": [round(t, 3) for t in epoch_times],
+        "epoch_process_cpu_s": [round(t, 3) for t in epoch_cpu],
         "checkpoint_save_s": [round(t, 3) for t in save_times],
+        "dataflow_per_epoch_s": [round(t, 3) for t in dataflow_epochs],
+        "processing_per_epoch_s": [round(t, 3) for t in processing_epochs],
         "dataflow_s": round(float(results["dataflow_stats"]["total"]), 3),
         "processing_s": round(float(results["processing_stats"]["total"]), 3),
         "handlers_s": round(float(total if isinstance(total, (int, float)) else 0.0), 3),
         "handlers": dict(sorted(handlers.items(), key=lambda kv: -kv[1])),
         "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
     }
 
 
