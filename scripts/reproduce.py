@@ -156,7 +156,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   f"- commit: `{run['commit']}`", f"- wall time: {run['total_seconds']:.0f} s "
                   f"({run['total_seconds'] / 60:.1f} min) for preparation, {len(run['folds'])} folds and the report",
                   f"- machine: {run['machine']['cpu']}, {run['machine']['logical_cpus']} logical CPUs, "
-                  f"{run['machine']['torch_threads']} torch threads, {run['machine']['platform']}",
+                  f"{run.get('jobs', 1)} folds at a time, {run['machine']['platform']}",
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()), ""]
         lines.append("| fold | cases | " + " | ".join(COLUMNS) + " | seconds |")
         lines.append("| --- | --- |" + " --- |" * (len(COLUMNS) + 1))
@@ -170,14 +170,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, command: str,
-               start: float, extra_overrides: Sequence[str] = ()) -> dict[str, Any]:
+               start: float, extra_overrides: Sequence[str] = (), jobs: int = 2) -> dict[str, Any]:
     """Cross-validate one recipe and return its report entry."""
     from scripts.workflows.crossval import DEFAULT_CONFIG_FILES, run_crossval
 
     cv_dir = work_dir / recipe
     config_files = [str(BUNDLE_ROOT / c) for c in (*DEFAULT_CONFIG_FILES, RECIPES[recipe])]
     result = run_crossval(data_dir, cv_dir, config_files=config_files,
-                          overrides=["--progress_bar", "false", *extra_overrides], echo=False, command=command)
+                          overrides=["--progress_bar", "false", *extra_overrides], echo=False, command=command,
+                          jobs=jobs)
     if result["failed"] or result["aggregate"]["missing"]:
         raise RuntimeError(f"recipe {recipe}: folds failed or missing: {result['failed'] or result['aggregate']['missing']}"
                            f" (logs in {cv_dir}/fold<k>/log.txt); rerun the same command to resume.")
@@ -187,6 +188,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
         "command": command,
         "config_files": [str(Path(c).relative_to(BUNDLE_ROOT)) for c in config_files],
         "overrides": list(extra_overrides),
+        "jobs": jobs,
         "commit": git_commit(),
         "machine": machine_info(),
         "versions": library_versions(),
@@ -211,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work_dir", default=str(BUNDLE_ROOT / "runs" / "brain-growth"))
     parser.add_argument("--results_dir", default=str(BUNDLE_ROOT / "docs" / "results"))
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="folds trained at once, each with cores/jobs threads (2 on the 2-core machines)")
     parser.add_argument("--fresh", action="store_true", help="delete this recipe's previous run instead of resuming it")
     # any other --key value pair is a bundle override for every fold, e.g. --epochs 10
     args, overrides = parser.parse_known_args(argv)
@@ -220,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fresh and (work_dir / args.recipe).exists():
         shutil.rmtree(work_dir / args.recipe)
     data_dir = prepare_brain_growth(Path(args.data_dir).absolute(), args.source, args.trimaps, args.seed)
-    entry = run_recipe(args.recipe, data_dir, work_dir, results_dir, command, start, overrides)
+    entry = run_recipe(args.recipe, data_dir, work_dir, results_dir, command, start, overrides, args.jobs)
 
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / "brain_growth_cv.json"

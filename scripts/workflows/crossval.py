@@ -36,7 +36,9 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -276,6 +278,8 @@ def run_crossval(
     cv_id: str | None = None,
     echo: bool = True,
     command: str | None = None,
+    jobs: int = 1,
+    threads_per_job: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the cross-validation and write the aggregate; see the module docstring.
 
@@ -292,6 +296,11 @@ def run_crossval(
         cv_id: id grouping the folds (default: :func:`default_cv_id` of ``output_dir``).
         echo: copy the folds' output to stdout.
         command: the command line to record in ``crossval.json``.
+        jobs: folds run at the same time (each in its own process). With ``jobs > 1`` every fold
+            process gets ``threads_per_job`` torch threads (default: the CPU count divided by
+            ``jobs``); on the 2-core machines two 1-thread folds train faster than one 2-thread
+            fold after another (docs/benchmarks.md). Folds' output then goes only to their logs.
+        threads_per_job: torch threads (``OMP_NUM_THREADS``) of each fold process when ``jobs > 1``.
 
     Returns:
         ``{"aggregate": ..., "status": {fold: {...}}, "failed": [...], "paths": {...}}``.
@@ -326,29 +335,43 @@ def run_crossval(
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    jobs = max(1, int(jobs))
+    if jobs > 1:  # split the cores between the concurrent folds instead of oversubscribing them
+        threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     status: dict[str, dict[str, Any]] = {}
     status_path = out / "crossval_status.json"
-    for k in folds:
+    lock = threading.Lock()
+
+    def run_fold(k: int) -> None:
         fold_dir = out / f"fold{k}"
-        if (fold_dir / METRICS_FILE).is_file():
-            status[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0}
-            print(f"[crossval] fold {k}: finished before, skipped ({fold_dir / METRICS_FILE})", flush=True)
-            continue
         cmd = fold_command(k, dataset_dir, fold_dir, config_files, [*overrides, "--cv_id", cv_id], run_id,
                            tracking, tracking_args)
         print(f"[crossval] fold {k}: running, log {fold_dir / 'log.txt'}", flush=True)
         t0 = time.time()
-        code = _run_logged(cmd, fold_dir / "log.txt", env, echo)
+        code = _run_logged(cmd, fold_dir / "log.txt", env, echo and jobs == 1)
         seconds = round(time.time() - t0, 1)
         if code == 0 and (fold_dir / METRICS_FILE).is_file():
-            status[str(k)] = {"status": "done", "seconds": seconds}
+            result = {"status": "done", "seconds": seconds}
             print(f"[crossval] fold {k}: done in {seconds} s", flush=True)
         else:
-            status[str(k)] = {"status": "failed", "returncode": code, "seconds": seconds,
-                              "log": str(fold_dir / "log.txt")}
+            result = {"status": "failed", "returncode": code, "seconds": seconds, "log": str(fold_dir / "log.txt")}
             print(f"[crossval] fold {k}: FAILED (exit code {code}) after {seconds} s; see {fold_dir / 'log.txt'}",
                   flush=True)
-        _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+        with lock:
+            status[str(k)] = result
+            _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+
+    todo = []
+    for k in folds:
+        if (out / f"fold{k}" / METRICS_FILE).is_file():
+            status[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0}
+            print(f"[crossval] fold {k}: finished before, skipped ({out / f'fold{k}' / METRICS_FILE})", flush=True)
+        else:
+            todo.append(k)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(run_fold, todo))
+    status = {str(k): status[str(k)] for k in folds}
     _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
 
     aggregate = aggregate_folds(out, folds)
@@ -359,6 +382,7 @@ def run_crossval(
         "overrides": list(overrides),
         "run_id": run_id,
         "cv_id": cv_id,
+        "jobs": jobs,
         "failed": failed,
         "status": status,
         "command": command,
@@ -391,6 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking_uri", default=None, help="MLflow store (default sqlite:///OUT/mlruns.db)")
     p.add_argument("--experiment_name", default="medical_matting")
     p.add_argument("--cv_id", default=None, help="id grouping the folds (default: from the output folder)")
+    p.add_argument("--jobs", type=int, default=1, help="folds trained at the same time, each with cores/jobs threads")
     p.add_argument("--quiet", action="store_true", help="do not echo the folds' output (it stays in fold<k>/log.txt)")
     return p
 
@@ -423,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiment_name=args.experiment_name,
         cv_id=args.cv_id,
         echo=not args.quiet,
+        jobs=args.jobs,
         command=shlex.join(["python", "-m", "scripts.crossval", *(sys.argv[1:] if argv is None else argv)]),
     )
     return 1 if result["failed"] or result["aggregate"]["missing"] else 0
