@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(BUNDLE_ROOT / "data" / "phantom"), help="phantom dataset folder")
     parser.add_argument("--output_dir", default=str(BUNDLE_ROOT / "eval" / "demo"))
-    parser.add_argument("--ckpt_dir", default=str(BUNDLE_ROOT / "models" / "demo"))
+    parser.add_argument("--ckpt_dir", default=str(BUNDLE_ROOT / "eval" / "demo" / "models"))
     parser.add_argument("--epochs", default=DEMO_OVERRIDES["epochs"])
     parser.add_argument("--fresh", action="store_true", help="delete the previous demo checkpoints and outputs")
     args, extra = parser.parse_known_args(argv)
