@@ -26,17 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Sequence
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from scripts.provenance import BUNDLE_ROOT, git_commit, library_versions, machine_info
+
 RECIPES = {
     "paper": "configs/recipes/brain_growth_paper.yaml",
     "ours": "configs/recipes/brain_growth_ours.yaml",
@@ -51,45 +49,6 @@ PAPER_TABLE1 = {
 TARGET = {"sad_unknown": 0.363, "mse_unknown": 0.0365, "grad_unknown": 0.487}  # 10% below the paper
 COLUMNS = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown", "sad_image", "mse_image",
            "grad_image", "conn_image", "ged", "dice")
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, threads and library versions of this machine."""
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-    }
-
-
-def library_versions() -> dict[str, str]:
-    names = ("torch", "monai", "pytorch-ignite", "numpy", "scipy", "mlflow", "pillow")
-    return {name: version(name) for name in names}
-
-
-def git_commit() -> str:
-    """``HEAD`` of the bundle's repository, with ``-dirty`` when tracked files differ from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BUNDLE_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=BUNDLE_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None, seed: int) -> Path:
@@ -171,7 +130,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, command: str,
                start: float, extra_overrides: Sequence[str] = (), jobs: int = 2) -> dict[str, Any]:
-    """Cross-validate one recipe and return its report entry."""
+    """Cross-validate one recipe and return its report entry (commit taken before the folds run)."""
+    commit = git_commit()
     from scripts.workflows.crossval import DEFAULT_CONFIG_FILES, run_crossval
 
     cv_dir = work_dir / recipe
@@ -189,7 +149,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
         "config_files": [str(Path(c).relative_to(BUNDLE_ROOT)) for c in config_files],
         "overrides": list(extra_overrides),
         "jobs": jobs,
-        "commit": git_commit(),
+        "commit": commit,
         "machine": machine_info(),
         "versions": library_versions(),
         "total_seconds": round(time.time() - start, 1),

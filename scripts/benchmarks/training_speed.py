@@ -44,7 +44,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
+from scripts.provenance import cpu_model, git_commit
 
 __all__ = [
     "BUNDLE_ROOT",
@@ -403,26 +403,15 @@ def machine_info() -> Dict[str, Any]:
     """Platform, CPU model, cores, torch threads, library versions, commit and load average."""
     import monai
 
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BUNDLE_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except Exception:
-        commit = "unknown"
+    cpu = cpu_model()
+    commit = git_commit(dirty_flag=False)
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
     return {
         "platform": platform.platform(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
