@@ -259,6 +259,7 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], echo: bool)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # the fold's log can be followed live (tail -f)
             if echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
