@@ -119,9 +119,9 @@ def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_
     assert data.params["prob_filters"] == "[4, 8, 8, 8]"
     assert data.params["eval_checkpoint"] == str(out / "ckpt" / "model.pt")
 
-    # training metrics, one value per epoch (step = epoch). "train_loss" itself is also logged per
-    # iteration under the same key by MONAI's default MLflow settings, so the loss terms are checked.
-    for name in ("train_l1", "train_ce", "train_kl", "train_grad"):
+    # training metrics, one value per epoch (step = epoch), named train_epoch_* so that they do not
+    # mix with the per-iteration "train_loss" that MONAI's default MLflow settings log.
+    for name in ("train_epoch_loss", "train_epoch_l1", "train_epoch_ce", "train_epoch_kl", "train_epoch_grad"):
         history = client.get_metric_history(info.run_id, name)
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (name, [(m.step, m.value) for m in history])
         assert all(0 <= m.value < float("inf") for m in history), name
