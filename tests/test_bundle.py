@@ -52,8 +52,11 @@ def test_metadata_versions_are_the_installed_ones():
 
 
 def test_no_torchvision_requirement():
-    reqs = (BUNDLE_ROOT / "requirements.txt").read_text().lower()
-    assert "torchvision" not in reqs.replace("# ", "")
+    for name in ("requirements.txt", "requirements-nodeps.txt", "constraints.txt"):
+        lines = (BUNDLE_ROOT / name).read_text().lower().splitlines()
+        requirements = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+        assert requirements, name
+        assert not any(r.startswith(("torchvision", "nvidia-")) for r in requirements), name
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason=f"bundle metadata schema not found at {SCHEMA} (../shared is absent)")
