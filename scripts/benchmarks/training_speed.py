@@ -334,20 +334,24 @@ def augmentation_time(augment: dict, num_images: int = 40, seed: int = 0) -> Dic
     Runs ``Compose(matting_augment_transforms(**augment))`` on phantom cases shaped as the cached
     deterministic part leaves them; MONAI metadata tracking off, as in the configs.
     """
-    from monai.data import set_track_meta
+    from monai.data import get_track_meta, set_track_meta
     from monai.transforms import Compose
 
     from scripts.data.transforms import matting_augment_transforms
 
+    was_tracking = get_track_meta()
     set_track_meta(False)
-    pipeline = Compose(matting_augment_transforms(**augment))
-    pipeline.set_random_state(seed)
-    samples = _phantom_samples(8, seed)
-    times = []
-    for i in range(num_images):
-        t0 = time.perf_counter()
-        pipeline(dict(samples[i % len(samples)]))
-        times.append(time.perf_counter() - t0)
+    try:  # the switch is global: restore it for whatever runs next in this process
+        pipeline = Compose(matting_augment_transforms(**augment))
+        pipeline.set_random_state(seed)
+        samples = _phantom_samples(8, seed)
+        times = []
+        for i in range(num_images):
+            t0 = time.perf_counter()
+            pipeline(dict(samples[i % len(samples)]))
+            times.append(time.perf_counter() - t0)
+    finally:
+        set_track_meta(was_tracking)
     return {"mean_s": statistics.fmean(times), "median_s": statistics.median(times), "max_s": max(times)}
 
 
