@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from scripts.atomic import write_text_atomic
 from scripts.provenance import BUNDLE_ROOT, git_commit, library_versions, machine_info
 
 RECIPES = {
@@ -125,7 +125,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines.append("")
         for fig in run["figures"]:
             lines.append(f"![{name} {fig}]({fig})")
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, command: str,
@@ -194,9 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["goal"] = TARGET
     # top-level keys: the latest run of this report (per recipe in "recipes")
     results.update({"command": command, "commit": entry["commit"], "total_seconds": entry["total_seconds"]})
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, json_path)
+    write_text_atomic(json_path, json.dumps(results, indent=1) + "\n")
     write_markdown(results, results_dir / "brain_growth.md")
     mean = entry["mean"]
     print(f"[reproduce] recipe {args.recipe}: SAD {mean['sad_unknown']:.4f} MSE {mean['mse_unknown']:.4f} "

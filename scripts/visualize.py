@@ -18,13 +18,14 @@ atomically (temporary file in the same folder, then ``os.replace``).
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from scripts.atomic import atomic_write
 
 __all__ = ["save_fold_figure", "save_offset_figure", "learned_sampling_positions"]
 
@@ -89,19 +90,8 @@ def _metrics_text(metrics: Any) -> str:
 
 
 def _save_atomic(fig: Figure, path: Union[str, os.PathLike], dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    return path
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
 
 
 def save_fold_figure(

@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+from scripts.atomic import atomic_write
 
 __all__ = [
     "MattingPredictionWriter",
@@ -86,23 +87,6 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then ``os.replace`` it to ``path``."""
-    # a unique name in the same folder (same file system for os.replace); opened with the usual
-    # umask-derived permissions, unlike tempfile.mkstemp's owner-only 0600
-    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_matting_prediction(
     output_dir: Union[str, os.PathLike],
     case: str,
@@ -139,8 +123,8 @@ def write_matting_prediction(
     for kind, values in maps.items():
         png_path, npy_path = out / f"{case}_{kind}.png", out / f"{case}_{kind}.npy"
         image = Image.fromarray(to_uint8(values))  # (H, W) uint8 -> mode "L", rows stay rows
-        _atomic_write(png_path, lambda f, image=image: image.save(f, format="PNG"))
-        _atomic_write(npy_path, lambda f, values=values: np.save(f, values, allow_pickle=False))
+        atomic_write(png_path, lambda f, image=image: image.save(f, format="PNG"))
+        atomic_write(npy_path, lambda f, values=values: np.save(f, values, allow_pickle=False))
         written[f"{kind}_png"], written[f"{kind}_npy"] = png_path, npy_path
     return written
 

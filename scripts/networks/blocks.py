@@ -6,7 +6,7 @@ this module only stacks them into the "two 3x3 convolutions" unit used at every 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch.nn as nn
 from monai.networks.blocks import Convolution

@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scripts.atomic import write_text_atomic
+
 __all__ = ["DEFAULT_CONFIG_FILES", "fold_command", "aggregate_folds", "write_aggregate", "run_crossval", "main"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
@@ -52,12 +54,6 @@ PER_CASE_FILE = "metrics_per_case.json"
 # order of the columns in the tables (others follow in file order)
 PREFERRED_ORDER = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown",
                    "sad_image", "mse_image", "grad_image", "conn_image", "ged", "dice")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def default_cv_id(output_dir: str | os.PathLike) -> str:
@@ -169,7 +165,7 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
     paths = {k: out / f"crossval{s}" for k, s in (("json", ".json"), ("csv", ".csv"), ("md", ".md"),
                                                     ("per_case", "_per_case.csv"))}
     summary = {key: value for key, value in aggregate.items() if key != "per_case"}
-    _write_text_atomic(paths["json"], json.dumps({**summary, **extra}, indent=1) + "\n")
+    write_text_atomic(paths["json"], json.dumps({**summary, **extra}, indent=1) + "\n")
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -178,7 +174,7 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
         writer.writerow([k, aggregate["num_cases"][k], *(repr(values.get(n)) for n in names)])
     writer.writerow(["mean", "", *(repr(aggregate["mean"][n]) for n in names)])
     writer.writerow(["std", "", *(repr(aggregate["std"][n]) for n in names)])
-    _write_text_atomic(paths["csv"], buf.getvalue())
+    write_text_atomic(paths["csv"], buf.getvalue())
 
     lines = ["| fold | cases | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
     for k, values in aggregate["folds"].items():
@@ -188,14 +184,14 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
     notes = []
     if aggregate["missing"]:
         notes.append(f"Folds without results (failed or not run): {aggregate['missing']}.")
-    _write_text_atomic(paths["md"], "\n".join(lines + ([""] + notes if notes else [])) + "\n")
+    write_text_atomic(paths["md"], "\n".join(lines + ([""] + notes if notes else [])) + "\n")
 
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["fold", "case", *names])
     for row in aggregate["per_case"]:
         writer.writerow([row["fold"], row.get("case"), *(repr(row.get(n)) for n in names)])
-    _write_text_atomic(paths["per_case"], buf.getvalue())
+    write_text_atomic(paths["per_case"], buf.getvalue())
     return paths
 
 
@@ -361,7 +357,7 @@ def run_crossval(
                   flush=True)
         with lock:
             status[str(k)] = result
-            _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+            write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
 
     todo = []
     for k in folds:
@@ -373,7 +369,7 @@ def run_crossval(
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(run_fold, todo))
     status = {str(k): status[str(k)] for k in folds}
-    _write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+    write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
 
     aggregate = aggregate_folds(out, folds)
     failed = [int(k) for k, s in status.items() if s["status"] == "failed"]
