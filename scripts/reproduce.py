@@ -137,7 +137,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
     cv_dir = work_dir / recipe
     config_files = [str(BUNDLE_ROOT / c) for c in (*DEFAULT_CONFIG_FILES, RECIPES[recipe])]
     result = run_crossval(data_dir, cv_dir, config_files=config_files,
-                          overrides=["--progress_bar", "false", *extra_overrides], echo=False, command=command,
+                          overrides=list(extra_overrides), echo=False, command=command,
                           jobs=jobs)
     if result["failed"] or result["aggregate"]["missing"]:
         raise RuntimeError(f"recipe {recipe}: folds failed or missing: {result['failed'] or result['aggregate']['missing']}"

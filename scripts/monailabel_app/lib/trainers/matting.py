@@ -174,11 +174,11 @@ class MattingTrainTask(TrainTask):
         return overrides
 
     def _publish(self, model_file: Path) -> None:
+        from scripts.atomic import atomic_write  # importable once BundleModel put the bundle on sys.path
+
         target = self.model.weights_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.publish-{os.getpid()}"
-        shutil.copyfile(model_file, tmp)
-        os.replace(tmp, target)
+        with open(model_file, "rb") as src:
+            atomic_write(target, lambda f: shutil.copyfileobj(src, f))
         logger.info(f"medical_matting: published {model_file} -> {target}")
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> Dict[str, Any]:
@@ -234,8 +234,6 @@ class MattingTrainTask(TrainTask):
         return stats
 
     def _write_stats(self, stats: Mapping[str, Any]) -> None:
-        self.train_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.train_dir / f".{STATS_FILE}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(stats), f, indent=1)
-        os.replace(tmp, self.train_dir / STATS_FILE)
+        from scripts.atomic import write_text_atomic  # importable once BundleModel put the bundle on sys.path
+
+        write_text_atomic(self.train_dir / STATS_FILE, json.dumps(dict(stats), indent=1))
