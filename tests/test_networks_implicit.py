@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from scripts.networks import RegionAwareImplicitUpsampler
-from scripts.networks.implicit_upsampler import torchvision_deform_conv2d
 
 
 def _feat(b=2, c=4, h=6, w=7, seed=0, positive=False):
@@ -176,32 +175,3 @@ def test_bad_arguments():
         RegionAwareImplicitUpsampler(2, 2, kernel_size=3, area_weighting=True)
     with pytest.raises(ValueError, match="expected features"):
         RegionAwareImplicitUpsampler(2, 2)(torch.randn(1, 3, 4, 4), (8, 8))
-
-
-@pytest.mark.skipif(
-    torchvision_deform_conv2d() is not None, reason="torchvision imports here: the deform_conv2d path is usable"
-)
-def test_deform_conv_path_refuses_without_torchvision():
-    with pytest.raises(ImportError, match="torchvision"):
-        RegionAwareImplicitUpsampler(2, 2, use_deform_conv=True)
-
-
-@pytest.mark.skipif(
-    torchvision_deform_conv2d() is None,
-    reason="torchvision is not installed (optional): the deform_conv2d path cannot be compared with grid_sample",
-)
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_deform_conv_path_equals_grid_sample(k):
-    torch.manual_seed(0)
-    gs = RegionAwareImplicitUpsampler(4, 3, hidden_channels=8, kernel_size=k)
-    dc = RegionAwareImplicitUpsampler(4, 3, hidden_channels=8, kernel_size=k, use_deform_conv=True)
-    with torch.no_grad():
-        gs.offset_conv.weight.normal_(0, 0.3)
-    dc.load_state_dict(gs.state_dict())
-    feat = _feat().requires_grad_(True)
-    for size in [(6, 7), (12, 14), (9, 10), (4, 5)]:
-        a, b = gs(feat, size), dc(feat, size)
-        assert torch.allclose(a, b, atol=1e-4), size
-    ga = torch.autograd.grad(gs(feat, (9, 10)).sum(), gs.offset_conv.weight)[0]
-    gb = torch.autograd.grad(dc(feat, (9, 10)).sum(), dc.offset_conv.weight)[0]
-    assert torch.allclose(ga, gb, atol=1e-3, rtol=1e-3)

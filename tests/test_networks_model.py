@@ -226,3 +226,39 @@ def test_network_cost_benchmark_smoke(tmp_path):
         assert r["time"]["wall_median_s"] > 0
     assert rows[1]["params"] < rows[0]["params"]  # k = 1: fewer offset channels
     assert json.loads((tmp_path / "cost.json").read_text())["results"][0]["variant"] == "default"
+
+
+# ------------------------------------------------------------------ the checkpoint carries its network
+def _small(**kw):
+    args = dict(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8, latent_dim=2, num_samples=2,
+                sample_seed=0)
+    args.update(kw)
+    return MedicalMattingNet(**args)
+
+
+def test_state_dict_carries_the_constructor_arguments(tmp_path):
+    net = _small(norm="INSTANCE", test_time_flips="h")
+    path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    config = MedicalMattingNet.checkpoint_config(state)
+    assert config == net.config and config["norm"] == "INSTANCE" and config["prob_filters"] == [4, 8, 8, 8]
+    rebuilt = MedicalMattingNet(**config)
+    rebuilt.load_state_dict(state)
+    image = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(image), net.eval()(image))
+
+
+def test_loading_into_another_architecture_names_every_differing_key():
+    state = _small(norm="INSTANCE").state_dict()
+    with pytest.raises(ValueError, match=r"norm='INSTANCE' \(this network: None\)") as err:
+        _small(prob_filters=(4, 8, 8, 16)).load_state_dict(state)
+    assert "prob_filters" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prediction_settings_may_differ_and_the_loading_network_keeps_its_own():
+    state = _small(num_samples=2, test_time_flips="none").state_dict()
+    other = _small(num_samples=5, test_time_flips="hv", sample_seed=3)
+    other.load_state_dict(state)
+    assert other.num_samples == 5 and other.test_time_flips == "hv"

@@ -101,6 +101,7 @@ def test_training_resumes_after_kill_without_repeating_or_skipping_epochs(traine
     assert state["fingerprint"]["fold"] == 0 and len(state["fingerprint"]["train_cases"]) == 6
     final = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
     assert set(final) == set(state["network"])
+    assert final.pop("_extra_state") == state["network"].pop("_extra_state")  # the network's config
     assert all(torch.equal(final[k], state["network"][k]) for k in final)
 
 

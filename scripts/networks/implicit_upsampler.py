@@ -18,8 +18,8 @@ continuous 2D domain (LIIF convention: pixel centres, normalised coordinates in 
    faster by moving the MLP's linear parts out of the per-code work (see its docstring).
 
 Hand-written: no maintained library provides this function (LIIF is a research repository).
-The optional ``use_deform_conv`` path samples the codes with ``torchvision.ops.deform_conv2d``
-(the paper's implementation route) and needs torchvision.
+Codes are sampled with ``grid_sample``, which gives the same values as the paper's
+``deform_conv2d`` route (an identity 1x1 deformable convolution per code) without torchvision.
 """
 
 from __future__ import annotations
@@ -30,18 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["RegionAwareImplicitUpsampler", "torchvision_deform_conv2d"]
+__all__ = ["RegionAwareImplicitUpsampler"]
 
 _MODES = ("region_aware", "local_ensemble")
-
-
-def torchvision_deform_conv2d():
-    """``torchvision.ops.deform_conv2d`` when torchvision imports, else ``None``."""
-    try:
-        from torchvision.ops import deform_conv2d
-    except Exception:  # torchvision is optional and absent on the project machines
-        return None
-    return deform_conv2d
 
 
 class RegionAwareImplicitUpsampler(nn.Module):
@@ -56,8 +47,6 @@ class RegionAwareImplicitUpsampler(nn.Module):
         area_weighting: weight the k x k decoded values by LIIF's areas instead of summing them
             (only defined for k = 2).
         offset_kernel_size: kernel of the offset convolution ``g_delta`` (odd).
-        use_deform_conv: sample codes with ``torchvision.ops.deform_conv2d`` instead of
-            ``grid_sample`` (raises ImportError where torchvision does not import).
 
     Example::
 
@@ -74,7 +63,6 @@ class RegionAwareImplicitUpsampler(nn.Module):
         mode: str = "region_aware",
         area_weighting: bool = False,
         offset_kernel_size: int = 3,
-        use_deform_conv: bool = False,
     ) -> None:
         super().__init__()
         if mode not in _MODES:
@@ -85,14 +73,11 @@ class RegionAwareImplicitUpsampler(nn.Module):
             raise ValueError("area_weighting (LIIF areas) is defined for kernel_size=2 only")
         if offset_kernel_size % 2 != 1:
             raise ValueError(f"offset_kernel_size must be odd, got {offset_kernel_size}")
-        if use_deform_conv and torchvision_deform_conv2d() is None:
-            raise ImportError("use_deform_conv=True needs torchvision.ops.deform_conv2d; torchvision does not import")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.mode = mode
         self.area_weighting = area_weighting
-        self.use_deform_conv = use_deform_conv
         k2 = kernel_size * kernel_size
         self.offset_conv: Optional[nn.Conv2d] = None
         if mode == "region_aware":
@@ -180,30 +165,6 @@ class RegionAwareImplicitUpsampler(nn.Module):
         grid = torch.stack([gx, gy], dim=-1).reshape(b, kk * hq, wq, 2).to(feat.dtype)
         return F.grid_sample(feat, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    @staticmethod
-    def _sample_deform_conv(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`_sample_grid_sample` through ``torchvision.ops.deform_conv2d``.
-
-        One identity 1x1 deformable convolution per code (the paper's "repeat and stack"): the
-        source map is zero-padded on the bottom/right to at least the target size so the output
-        has a pixel per query; its offset moves output pixel (i, j) to the code position.
-        """
-        deform_conv2d = torchvision_deform_conv2d()
-        b, kk, hq, wq, _ = pos.shape
-        c, h, w = feat.shape[1:]
-        hp, wp = max(h, hq), max(w, wq)
-        padded = F.pad(feat, (0, wp - w, 0, hp - h))
-        weight = torch.eye(c, device=feat.device, dtype=feat.dtype).view(c, c, 1, 1)
-        rows = torch.arange(hq, device=feat.device, dtype=feat.dtype).view(hq, 1)
-        cols = torch.arange(wq, device=feat.device, dtype=feat.dtype).view(1, wq)
-        samples = []
-        for t in range(kk):
-            off = torch.zeros(b, 2, hp, wp, device=feat.device, dtype=feat.dtype)
-            off[:, 0, :hq, :wq] = pos[:, t, ..., 0] - rows
-            off[:, 1, :hq, :wq] = pos[:, t, ..., 1] - cols
-            samples.append(deform_conv2d(padded, off, weight)[..., :hq, :wq])
-        return torch.stack(samples, dim=2).reshape(b, c, kk * hq, wq)
-
     # --------------------------------------------------------------------------------- forward
     def _check(self, feat: torch.Tensor, output_size: Sequence[int]) -> Tuple[int, int]:
         if feat.ndim != 4 or feat.shape[1] != self.in_channels:
@@ -214,7 +175,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
         return hq, wq
 
     def _sample(self, feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self._sample_deform_conv(feat, pos) if self.use_deform_conv else self._sample_grid_sample(feat, pos)
+        return self._sample_grid_sample(feat, pos)
 
     def _ensemble_weights(self, rel: torch.Tensor) -> torch.Tensor:
         """LIIF area weights (B, 4, Hq, Wq): each code weighted by the area of the rectangle between

@@ -88,7 +88,6 @@ class MattingUNet(nn.Module):
         convs_per_block: convolutions per U-Net level / propagation unit.
         act: MONAI activation.
         norm: MONAI normalisation (``None`` for none).
-        use_deform_conv: sample codes with torchvision's deform_conv2d (needs torchvision).
 
     Example::
 
@@ -110,7 +109,6 @@ class MattingUNet(nn.Module):
         convs_per_block: int = 2,
         act: Union[str, tuple] = DEFAULT_ACT,
         norm: Optional[Union[str, tuple]] = None,
-        use_deform_conv: bool = False,
     ) -> None:
         super().__init__()
         if upsampling not in _UPSAMPLING:
@@ -130,7 +128,7 @@ class MattingUNet(nn.Module):
             if implicit and upsampling != "bilinear":
                 return RegionAwareImplicitUpsampler(
                     cin, cout, implicit_hidden, kernel_size, mode=upsampling,
-                    area_weighting=area_weighting, use_deform_conv=use_deform_conv,
+                    area_weighting=area_weighting,
                 )
             return InterpolateConvUpsampler(cin, cout, act=act, norm=norm)
 

@@ -5,7 +5,8 @@ This is ``network_def`` of the bundle configs; its API is the contract in docs/a
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Union
+import json
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -15,9 +16,23 @@ from torch.distributions import Independent
 from scripts.networks.blocks import DEFAULT_ACT
 from scripts.networks.matting_unet import MattingUNet
 from scripts.networks.prob_unet import ProbabilisticUNet
+from scripts.networks.test_time_flips import FLIP_SETS, predict_with_flips
 from scripts.networks.uncertainty import binary_entropy_uncertainty
 
-__all__ = ["MedicalMattingNet"]
+__all__ = ["MedicalMattingNet", "PREDICTION_KEYS", "CheckpointMismatchError"]
+
+#: constructor arguments that change how the model predicts but not its weights: a checkpoint
+#: trained with other values loads, and the values of the network being loaded into are kept
+PREDICTION_KEYS = ("num_samples", "sample_seed", "test_time_flips", "channels_last")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was trained with another architecture than the network it is loaded into."""
+
+
+def _plain(value: Any) -> Any:
+    """JSON-compatible copy (tuples become lists), so configs compare equal however they were written."""
+    return json.loads(json.dumps(value))
 
 
 class MedicalMattingNet(nn.Module):
@@ -48,7 +63,9 @@ class MedicalMattingNet(nn.Module):
         sample_seed: in ``eval()`` mode draw the prior samples from a local generator seeded with
             this value on every call (deterministic predictions without touching the global RNG);
             ``None`` uses the global RNG (``torch.manual_seed`` then makes calls repeatable).
-        use_deform_conv: implicit sampling through torchvision's deform_conv2d (needs torchvision).
+        test_time_flips: flipped views averaged by :meth:`predict` (and so by ``forward`` in eval
+            mode): ``"none"``, ``"h"`` (identity + horizontal) or ``"hv"`` (the four flips); see
+            ``scripts/networks/test_time_flips.py``. Training (``forward_train``) never flips.
         channels_last: store the convolution weights in ``torch.channels_last`` memory format so that
             the convolutions run in NHWC (about 25 % faster training steps on the project's CPU; see
             docs/networks.md). Results are the same up to float rounding.
@@ -80,12 +97,27 @@ class MedicalMattingNet(nn.Module):
         norm: Optional[Union[str, tuple]] = None,
         detach_latent: bool = False,
         sample_seed: Optional[int] = None,
-        use_deform_conv: bool = False,
+        test_time_flips: str = "none",
         channels_last: bool = True,
     ) -> None:
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if test_time_flips not in FLIP_SETS:
+            raise ValueError(f"test_time_flips must be one of {sorted(FLIP_SETS)}, got {test_time_flips!r}")
+        # every constructor argument: saved in the state dict (``_extra_state``) so that a checkpoint
+        # says which network it belongs to (see get_extra_state / from_checkpoint)
+        self.config: Dict[str, Any] = _plain(
+            dict(
+                in_channels=in_channels, prob_filters=prob_filters, latent_dim=latent_dim,
+                num_fcomb_layers=num_fcomb_layers, num_samples=num_samples, matting_filters=matting_filters,
+                upsampling=upsampling, scales=scales, kernel_size=kernel_size, implicit_hidden=implicit_hidden,
+                area_weighting=area_weighting, convs_per_block=convs_per_block, latent_filters=latent_filters,
+                act=act, norm=norm, detach_latent=detach_latent, sample_seed=sample_seed,
+                test_time_flips=test_time_flips, channels_last=channels_last,
+            )
+        )  # fmt: skip
+        self.test_time_flips = test_time_flips
         self.in_channels = in_channels
         self.num_samples = num_samples
         self.detach_latent = detach_latent
@@ -105,10 +137,42 @@ class MedicalMattingNet(nn.Module):
             convs_per_block=convs_per_block,
             act=act,
             norm=norm,
-            use_deform_conv=use_deform_conv,
         )
         if channels_last:
             self.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------- configuration in checkpoints
+    def get_extra_state(self) -> Dict[str, Any]:
+        """Saved as ``_extra_state`` in :meth:`state_dict`: the constructor arguments of this network."""
+        return {"config": dict(self.config)}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Check, when weights are loaded, that they were trained with this architecture.
+
+        Raises:
+            CheckpointMismatchError: one line naming every architecture argument whose value differs
+                (prediction settings, :data:`PREDICTION_KEYS`, may differ: this network keeps its own).
+        """
+        saved = state.get("config") if isinstance(state, Mapping) else None
+        if not isinstance(saved, Mapping):
+            raise CheckpointMismatchError("the checkpoint's network configuration (_extra_state) is unreadable")
+        differ = [
+            f"{key}={saved.get(key)!r} (this network: {self.config.get(key)!r})"
+            for key in sorted(set(saved) | set(self.config))
+            if key not in PREDICTION_KEYS and _plain(saved.get(key)) != self.config.get(key)
+        ]
+        if differ:
+            raise CheckpointMismatchError(
+                "the checkpoint was trained with another network: " + "; ".join(differ)
+                + " (serve it with configs/inference.yaml, which builds the network from the checkpoint)"
+            )
+
+    @staticmethod
+    def checkpoint_config(state_dict: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+        """The constructor arguments saved in a state dict by :meth:`get_extra_state` (``None`` if absent)."""
+        extra = state_dict.get("_extra_state") if isinstance(state_dict, Mapping) else None
+        config = extra.get("config") if isinstance(extra, Mapping) else None
+        return dict(config) if isinstance(config, Mapping) else None
 
     # ---------------------------------------------------------------------------------- helpers
     def _check_image(self, image: torch.Tensor) -> None:
@@ -145,18 +209,32 @@ class MedicalMattingNet(nn.Module):
         image: torch.Tensor,
         output_size: Optional[Sequence[int]] = None,
         num_samples: Optional[int] = None,
+        flips: Optional[str] = None,
     ) -> Dict[str, torch.Tensor]:
-        """Alpha matte, uncertainty map and prior-sample probabilities.
+        """Alpha matte, uncertainty map and prior-sample probabilities, averaged over test-time flips.
 
         Args:
             image: (B, in_channels, H, W) float in [0, 1].
             output_size: grid (H', W') of ``alpha`` and ``uncertainty``; default (H, W).
-            num_samples: prior samples N (default: the constructor's ``num_samples``).
+            num_samples: prior samples N per view (default: the constructor's ``num_samples``).
+            flips: test-time flips (default: the constructor's ``test_time_flips``).
 
         Returns:
             ``alpha`` (B, 1, H', W') in [0, 1]; ``uncertainty`` (B, 1, H', W') in [0, 1];
-            ``sample_probs`` (B, N, H, W).
+            ``sample_probs`` (B, V*N, H, W) for V flipped views.
         """
+        flips = self.test_time_flips if flips is None else flips
+        if flips != "none":
+            return predict_with_flips(self._predict_view, image, flips, output_size, num_samples)
+        return self._predict_view(image, output_size, num_samples)
+
+    def _predict_view(
+        self,
+        image: torch.Tensor,
+        output_size: Optional[Sequence[int]] = None,
+        num_samples: Optional[int] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """:meth:`predict` of one view (no flips)."""
         self._check_image(image)
         if output_size is not None:
             output_size = tuple(int(v) for v in output_size)

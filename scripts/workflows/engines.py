@@ -24,7 +24,6 @@ from monai.utils import CommonKeys as Keys
 
 from scripts.data.transforms import TRIMAP_UNKNOWN
 from scripts.losses import PSEUDO_GROUND_TRUTH_MODES, pseudo_ground_truth
-from scripts.workflows.tta import FLIP_SETS, predict_with_flips
 
 __all__ = ["LOSS_NAMES", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
 
@@ -170,8 +169,8 @@ class MattingEvaluator(SupervisedEvaluator):
         device, val_data_loader, network: as for ``SupervisedEvaluator``; ``network`` must have
             ``predict``.
         num_samples: prior samples per image (``None``: the network's default).
-        tta_flips: flip test-time augmentation, ``"none"``, ``"h"`` or ``"hv"``
-            (``scripts.workflows.tta.predict_with_flips``).
+        flips: test-time flips, ``"none"``, ``"h"`` or ``"hv"`` (``None``: the network's own
+            ``test_time_flips``).
         image_key, alpha_key, masks_key, trimap_key, case_key: batch keys.
         kwargs: other ``SupervisedEvaluator`` arguments (``val_handlers``, ``key_val_metric``,
             ``additional_metrics``, ...).
@@ -190,7 +189,7 @@ class MattingEvaluator(SupervisedEvaluator):
         val_data_loader: Any,
         network: torch.nn.Module,
         num_samples: int | None = None,
-        tta_flips: str = "none",
+        flips: str | None = None,
         image_key: str = "image",
         alpha_key: str = "alpha",
         masks_key: str = "masks",
@@ -205,9 +204,7 @@ class MattingEvaluator(SupervisedEvaluator):
             device=device, val_data_loader=val_data_loader, network=network, decollate=decollate, **kwargs
         )
         self.num_samples = num_samples
-        if tta_flips not in FLIP_SETS:
-            raise ValueError(f"tta_flips must be one of {sorted(FLIP_SETS)}, got {tta_flips!r}.")
-        self.tta_flips = tta_flips
+        self.flips = flips
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
         self.trimap_key, self.case_key = trimap_key, case_key
 
@@ -228,12 +225,15 @@ class MattingEvaluator(SupervisedEvaluator):
         }
         if engine.case_key in batchdata:
             engine.state.output["case"] = list(batchdata[engine.case_key])
+        options = {"num_samples": engine.num_samples}
+        if engine.flips is not None:
+            options["flips"] = engine.flips
         with engine.mode(engine.network):
             if engine.amp:
                 with torch.autocast("cuda", **engine.amp_kwargs):
-                    out = predict_with_flips(engine.network, image, engine.tta_flips, engine.num_samples)
+                    out = engine.network.predict(image, **options)
             else:
-                out = predict_with_flips(engine.network, image, engine.tta_flips, engine.num_samples)
+                out = engine.network.predict(image, **options)
         engine.state.output[Keys.PRED] = out["alpha"].float()
         engine.state.output["uncertainty"] = out["uncertainty"].float()
         engine.state.output["sample_probs"] = out["sample_probs"].float()

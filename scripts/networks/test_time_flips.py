@@ -1,4 +1,4 @@
-"""Flip test-time augmentation for ``MedicalMattingNet.predict``.
+"""Flip test-time augmentation inside ``MedicalMattingNet.predict`` (constructor argument ``test_time_flips``).
 
 Hand-written because MONAI's ``TestTimeAugmentation`` draws random transforms and inverts them
 per sample through the dictionary pipeline, which is far slower than four exact flips of a batch
@@ -13,7 +13,7 @@ a proper ensemble of four views of the same image:
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -30,37 +30,38 @@ FLIP_SETS: Dict[str, Tuple[Tuple[int, ...], ...]] = {
 
 
 def predict_with_flips(
-    network: torch.nn.Module,
+    predict_view: Callable[..., Dict[str, torch.Tensor]],
     image: torch.Tensor,
     flips: str = "hv",
-    num_samples: Optional[int] = None,
     output_size: Optional[Sequence[int]] = None,
+    num_samples: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
-    """``network.predict`` averaged over flipped views of ``image``.
+    """A single-view prediction averaged over flipped views of ``image``.
 
     Args:
-        network: a model with ``predict(image, output_size=None, num_samples=None)`` (``MedicalMattingNet``).
+        predict_view: ``predict_view(image, output_size, num_samples)`` returning ``alpha``,
+            ``uncertainty`` and ``sample_probs`` of one view (``MedicalMattingNet._predict_view``).
         image: (B, C, H, W).
-        flips: ``"none"`` (plain predict), ``"h"`` (identity + horizontal) or ``"hv"`` (the four flips).
-        num_samples: prior samples per view (``None``: the network's default).
+        flips: ``"none"`` (one view), ``"h"`` (identity + horizontal) or ``"hv"`` (the four flips).
         output_size: grid of ``alpha`` and ``uncertainty`` (default: the input's).
+        num_samples: prior samples per view (``None``: the network's default).
 
     Returns:
-        the same keys as ``predict``: ``alpha``, ``uncertainty`` (B, 1, H', W') and ``sample_probs``
+        the same keys as one view: ``alpha``, ``uncertainty`` (B, 1, H', W') and ``sample_probs``
         (B, V*N, H, W) for V views.
 
     Example::
 
-        out = predict_with_flips(net.eval(), image, flips="hv")
+        out = net.eval().predict(image, flips="hv")   # MedicalMattingNet.predict calls this
     """
     if flips not in FLIP_SETS:
         raise ValueError(f"flips must be one of {sorted(FLIP_SETS)}, got {flips!r}")
     views = FLIP_SETS[flips]
     if len(views) == 1:
-        return network.predict(image, output_size=output_size, num_samples=num_samples)
+        return predict_view(image, output_size, num_samples)
     alphas, samples, uncertainties = [], [], []
     for dims in views:
-        out = network.predict(image.flip(dims) if dims else image, output_size=output_size, num_samples=num_samples)
+        out = predict_view(image.flip(dims) if dims else image, output_size, num_samples)
         unflip = (lambda t: t.flip(dims)) if dims else (lambda t: t)
         alphas.append(unflip(out["alpha"]))
         samples.append(unflip(out["sample_probs"]))
