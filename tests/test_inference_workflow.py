@@ -11,23 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from scripts.data.transforms import scale_intensity_to_unit
 from scripts.networks import MedicalMattingNet
-from scripts.workflows.inference import (
-    EnsureImage2Dd,
-    MattingInferer,
-    intensity_scaling,
-    list_input_images,
-    require_checkpoint,
-)
+from scripts.workflows.inference import EnsureImage2Dd, MattingInferer, list_input_images, load_trained_network
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8, 8], "implicit_hidden": 8}
-TINY_CLI = [
-    "--network_def#prob_filters", "[4,8,8,8]",
-    "--network_def#matting_filters", "[4,8,8,8]",
-    "--network_def#implicit_hidden", "8",
-    "--num_samples", "2",
-]  # fmt: skip
+NIFTI_AFFINE = np.array([[0.0, -0.8, 0.0, 12.5], [1.2, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0, 0, 0, 1]])
 
 
 def _phantom(h: int, w: int, seed: int) -> np.ndarray:
@@ -58,9 +48,7 @@ def _expected(net: MedicalMattingNet, img_u8: np.ndarray, output_size=None):
 def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(BUNDLE_ROOT))
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml"]
-    return subprocess.run(
-        cmd + list(args) + TINY_CLI, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(cmd + list(args), cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.timeout(180)
@@ -73,18 +61,27 @@ def test_folder_of_png_and_nifti_with_output_size_matches_the_checkpointed_netwo
     (inp / "README.txt").write_text("not an image")
     import nibabel as nib
 
-    images["n0"] = _phantom(32, 32, seed=9)  # a 2-D NIfTI: read by nibabel in its array order
-    nib.save(nib.Nifti1Image(images["n0"].astype(np.float32), np.eye(4)), str(inp / "n0.nii.gz"))
+    images["n0"] = _phantom(32, 32, seed=9)  # a 2-D 8-bit NIfTI: read by nibabel in its array order
+    nib.save(nib.Nifti1Image(images["n0"], NIFTI_AFFINE), str(inp / "n0.nii.gz"))
     net = _tiny_net(seed=7)
     ckpt = tmp_path / "model.pt"
     torch.save({"network": net.state_dict(), "epoch": torch.tensor(3)}, ckpt)  # training-checkpoint form
 
-    res = _run("--input_path", str(inp), "--output_dir", str(out), "--output_size", "[48,48]", "--ckpt_path", str(ckpt))
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = _run("--input_path", str(inp), "--output_dir", str(out), "--ckpt_path", str(ckpt))
+    assert res.returncode == 0, res.stderr[-8000:]
     assert "README.txt" in res.stderr  # skipped with a warning naming it
-
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{c}_{k}.{e}" for c in images for k in ("alpha", "uncertainty") for e in ("png", "npy"))
+    expected = [f"{c}_{k}.{e}" for c in images for k in ("alpha", "uncertainty")
+                for e in (("nii.gz",) if c == "n0" else ("png",)) + ("npy",)]
+    assert names == sorted(expected)
+    # NIfTI in, NIfTI out: the input's shape, affine and header
+    alpha_nii = nib.load(str(out / "n0_alpha.nii.gz"))
+    assert alpha_nii.shape == (32, 32) and np.allclose(alpha_nii.affine, NIFTI_AFFINE)
+    np.testing.assert_allclose(alpha_nii.get_fdata(), _expected(net, images["n0"])[0], atol=1e-5)
+
+    out = tmp_path / "out48"
+    res = _run("--input_path", str(inp), "--output_dir", str(out), "--output_size", "[48,48]", "--ckpt_path", str(ckpt))
+    assert res.returncode == 0, res.stderr[-8000:]
     for case, img in images.items():
         alpha = np.load(out / f"{case}_alpha.npy")
         unc = np.load(out / f"{case}_uncertainty.npy")
@@ -94,8 +91,9 @@ def test_folder_of_png_and_nifti_with_output_size_matches_the_checkpointed_netwo
         exp_alpha, exp_unc = _expected(net, img, output_size=(48, 48))
         np.testing.assert_allclose(alpha, exp_alpha, atol=1e-5)
         np.testing.assert_allclose(unc, exp_unc, atol=1e-5)
-        with Image.open(out / f"{case}_alpha.png") as im:
-            np.testing.assert_array_equal(np.asarray(im), np.rint(alpha.astype(np.float64) * 255).astype(np.uint8))
+        if case != "n0":
+            with Image.open(out / f"{case}_alpha.png") as im:
+                np.testing.assert_array_equal(np.asarray(im), np.rint(alpha.astype(np.float64) * 255).astype(np.uint8))
 
 
 @pytest.mark.timeout(180)
@@ -109,7 +107,7 @@ def test_single_file_at_input_size_with_mlflow_tracking(tmp_path):
     out = tmp_path / "out"
 
     res = _run("--input_path", str(src), "--output_dir", str(out), "--ckpt_path", str(ckpt), "--tracking", "mlflow")
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-8000:]
     alpha = np.load(out / "scan_alpha.npy")
     assert alpha.shape == (24, 40)
     np.testing.assert_allclose(alpha, _expected(net, img)[0], atol=1e-5)
@@ -139,12 +137,7 @@ def test_allow_untrained_runs_in_process(tmp_path):
 
     Image.fromarray(_phantom(16, 20, 1)).save(tmp_path / "b.png")
     out = tmp_path / "out"
-    overrides = {
-        "network_def#prob_filters": TINY["prob_filters"],
-        "network_def#matting_filters": TINY["matting_filters"],
-        "network_def#implicit_hidden": 8,
-        "num_samples": 2,
-    }
+    overrides = {"num_samples": 2, "test_time_flips": "none"}  # the network is train.yaml's, untrained
     with pytest.warns(UserWarning, match="UNTRAINED"):
         run(
             "inference",
@@ -186,18 +179,22 @@ def test_list_input_images(tmp_path):
         list_input_images(tmp_path)
 
 
-def test_require_checkpoint(tmp_path):
+def test_load_trained_network_builds_the_checkpoints_network(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "m.pt")):
-        require_checkpoint(tmp_path / "m.pt")
-    with pytest.warns(UserWarning, match="UNTRAINED"):
-        assert require_checkpoint(tmp_path / "m.pt", allow_untrained=True) is None
-    (tmp_path / "m.pt").write_bytes(b"x")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert require_checkpoint(tmp_path / "m.pt") == str(tmp_path / "m.pt")
+        load_trained_network(tmp_path / "m.pt")
+    (tmp_path / "m.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="m.pt cannot be read"):
+        load_trained_network(tmp_path / "m.pt")
+    net = MedicalMattingNet(norm="BATCH", latent_dim=3, test_time_flips="h", **TINY)
+    torch.save({"network": net.state_dict(), "epoch": 2}, tmp_path / "m.pt")
+    served = load_trained_network(tmp_path / "m.pt")
+    assert served.config == net.config
+    assert load_trained_network(tmp_path / "m.pt", {"test_time_flips": "none", "num_samples": None}).test_time_flips == "none"
+    with pytest.raises(ValueError, match="latent_dim"):
+        load_trained_network(tmp_path / "m.pt", {"latent_dim": 6})  # not a prediction setting
 
 
-def test_ensure_image_2d_and_intensity_scaling():
+def test_ensure_image_2d_and_the_intensity_rule():
     from monai.data import MetaTensor
 
     img = MetaTensor(torch.arange(12.0).reshape(1, 3, 4, 1), meta={"filename_or_obj": "x.nii"})
@@ -209,20 +206,29 @@ def test_ensure_image_2d_and_intensity_scaling():
     with pytest.raises(ValueError, match="2-D"):
         EnsureImage2Dd("image")({"image": torch.zeros(1, 4, 4, 4)})
 
-    u8 = torch.tensor([[[0.0, 51.0, 255.0]]])
-    np.testing.assert_allclose(intensity_scaling("image", [0, 255])({"image": u8})["image"], u8 / 255.0)
-    minmax = intensity_scaling("image", None)({"image": torch.tensor([[[10.0, 20.0, 30.0]]])})["image"]
-    np.testing.assert_allclose(minmax, [[[0.0, 0.5, 1.0]]])
-    assert type(intensity_scaling("image", "null")) is type(intensity_scaling("image", None))
+    u8 = np.array([0, 51, 255], np.uint8)
+    np.testing.assert_allclose(scale_intensity_to_unit(u8)[0], [0.0, 0.2, 1.0], atol=1e-7)
+    u16 = np.array([0, 65535], np.uint16)  # a 16-bit PNG: never clipped to 1.0
+    assert scale_intensity_to_unit(u16)[0].tolist() == [0.0, 1.0]
+    kept, how = scale_intensity_to_unit(np.array([0.25, 0.5], np.float32))
+    assert kept.tolist() == [0.25, 0.5] and how == "float in [0, 1]"
+    values, how = scale_intensity_to_unit(np.array([10.0, 20.0, 30.0]))
+    np.testing.assert_allclose(values, [0.0, 0.5, 1.0])
+    assert "min-max" in how
+    np.testing.assert_allclose(scale_intensity_to_unit(np.array([0, 50, 100]), [0, 100])[0], [0, 0.5, 1])
+    with pytest.raises(ValueError, match=r"scan.png: values \[0, 300\] lie outside intensity_range"):
+        scale_intensity_to_unit(np.array([0, 300]), [0, 255], name="scan.png")
+    with pytest.raises(ValueError, match="scan.nii: the image holds NaN"):
+        scale_intensity_to_unit(np.array([0.0, np.nan]), name="scan.nii")
     with pytest.raises(ValueError, match="intensity_range"):
-        intensity_scaling("image", [255, 0])
+        scale_intensity_to_unit(u8, [255, 0])
 
 
 def test_matting_inferer_sizes():
     seen = {}
 
     class Recorder(torch.nn.Module):
-        def predict(self, x, output_size=None, num_samples=None):
+        def predict(self, x, output_size=None, num_samples=None, flips=None):
             seen["input"], seen["output_size"] = tuple(x.shape), output_size
             return {"alpha": torch.zeros(1), "uncertainty": torch.zeros(1)}
 

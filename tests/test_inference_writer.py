@@ -113,7 +113,7 @@ def test_handler_decollated_output_names_cases_from_image_metadata(tmp_path):
     alpha = torch.rand(1, 4, 4)
 
     def step(engine, batch):
-        image = MetaTensor(torch.zeros(1, 4, 4), meta={"filename_or_obj": "/data/scan7.nii.gz"})
+        image = MetaTensor(torch.zeros(1, 4, 4), meta={"filename_or_obj": "/data/scan7.png"})
         return [{"image": image, "pred": alpha, "uncertainty": None}]
 
     engine = Engine(step)

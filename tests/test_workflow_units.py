@@ -13,6 +13,7 @@ import yaml
 from ignite.engine import Engine, Events
 from PIL import Image
 
+from scripts.workflows.inference import MattingInferer
 from scripts.data.transforms import (
     CheckMattingSampled,
     matting_augment_transforms,
@@ -123,19 +124,16 @@ def test_fold_split_never_validates_on_the_test_fold():
         fold_split(datalist, fold=4)
 
 
-def test_train_config_network_matches_inference_config():
+def test_the_network_is_defined_once():
     train = yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())
+    evaluate = yaml.safe_load((BUNDLE_ROOT / "configs" / "evaluate.yaml").read_text())
     infer = yaml.safe_load((BUNDLE_ROOT / "configs" / "inference.yaml").read_text())
-    assert train["network_def"]["_target_"] == infer["network_def"]["_target_"]
-    assert set(train["network_def"]) == set(infer["network_def"])
-    for key in ("upsampling", "scales", "kernel_size", "num_samples", "sample_seed", "in_channels"):
-        assert train[key] == infer[key], key
-    # the literal values of inference.yaml equal the defaults train.yaml refers to
-    for key, value in infer["network_def"].items():
-        ref = train["network_def"][key]
-        resolved = train[ref[1:]] if isinstance(ref, str) and ref.startswith("@") else ref
-        if not (isinstance(value, str) and value.startswith("@")):
-            assert resolved == value, key
+    assert train["network_def"]["_target_"] == "scripts.networks.MedicalMattingNet"
+    assert "network_def" not in evaluate  # merged over train.yaml
+    # inference builds the network from the checkpoint (train.yaml's network_def for untrained smoke runs)
+    assert "load_trained_network" in infer["network_def"] and "configs/train.yaml" in infer["network_def"]
+    for key in ("prob_filters", "matting_filters", "norm", "latent_dim", "upsampling"):
+        assert key not in infer, key
 
 
 # ----------------------------------------------------------------------------------- engines
@@ -217,7 +215,7 @@ def test_evaluator_output_feeds_the_metric_handlers():
     data = _batches()
     net = _TinyMattingNet()
     evaluator = MattingEvaluator(
-        device="cpu", val_data_loader=data, network=net, num_samples=4,
+        device="cpu", val_data_loader=data, network=net, inferer=MattingInferer(num_samples=4),
         key_val_metric={"sad": IgniteMetricHandler(MattingMetric("sad"), output_transform=from_engine(["pred", "label"]),
                                                    save_details=True)},
     )

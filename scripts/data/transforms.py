@@ -49,12 +49,13 @@ from monai.transforms import (
     MapTransform,
     Rand2DElasticd,
     RandFlipd,
-    ScaleIntensityRanged,
 )
 
 __all__ = [
     "MATTING_KEYS",
     "TRIMAP_UNKNOWN",
+    "scale_intensity_to_unit",
+    "ScaleIntensityToUnitd",
     "CheckMattingSampled",
     "matting_load_transforms",
     "matting_augment_transforms",
@@ -66,6 +67,119 @@ __all__ = [
 MATTING_KEYS = ("image", "alpha", "masks", "trimap")
 #: the trimap value of the unknown region
 TRIMAP_UNKNOWN = 128
+
+
+def scale_intensity_to_unit(
+    image: np.ndarray | torch.Tensor, intensity_range: Sequence[float] | None = None, name: str = "image"
+) -> tuple[np.ndarray, str]:
+    """The one intensity rule of the bundle: an image's values to float32 in [0, 1].
+
+    Used by training, evaluation, CLI inference and the MONAI Label app alike:
+
+    - ``intensity_range=[low, high]`` (an explicit setting): ``(x - low) / (high - low)``; values
+      outside the range are an error naming the image (never clipped silently).
+    - ``intensity_range=None``: by the array's type. Integer images are divided by their type's
+      range (``uint8``: ``x / 255``, the scaling of every prepared dataset; ``uint16``:
+      ``x / 65535``; signed types map ``[min, max]`` of the type to [0, 1]); booleans are 0/1;
+      float images already in [0, 1] are kept, other float images (e.g. MRI in a NIfTI file) are
+      scaled by their own minimum and maximum, and the returned description says so.
+
+    Args:
+        image: the image array (any shape), with its original dtype (load with ``dtype=None``).
+        intensity_range: ``None`` or ``[low, high]`` with ``high > low``.
+        name: the image's file or case name for the error message.
+
+    Returns:
+        the float32 array and a short description of the scaling used (``"uint8 range"``, ...).
+
+    Raises:
+        ValueError: empty image, NaN / Inf values, a bad range, values outside ``intensity_range``.
+
+    Example::
+
+        scale_intensity_to_unit(np.array([0, 51, 255], np.uint8))  # ([0.0, 0.2, 1.0], "uint8 range [0, 255]")
+    """
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.size == 0:
+        raise ValueError(f"{name}: the image is empty (shape {array.shape})")
+    if intensity_range is not None:
+        if len(intensity_range) != 2 or not float(intensity_range[1]) > float(intensity_range[0]):
+            raise ValueError(f"intensity_range must be [low, high] with high > low, got {list(intensity_range)}")
+        low, high = float(intensity_range[0]), float(intensity_range[1])
+        values = array.astype(np.float32)
+        lo, hi = float(values.min()), float(values.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name}: the image holds NaN or infinite values")
+        if lo < low or hi > high:
+            raise ValueError(
+                f"{name}: values [{lo:g}, {hi:g}] lie outside intensity_range [{low:g}, {high:g}]; "
+                "set intensity_range to the image's range, or null to scale by the image's type"
+            )
+        return (values - np.float32(low)) / np.float32(high - low), f"range [{low:g}, {high:g}]"
+    if array.dtype == np.bool_:
+        return array.astype(np.float32), "binary"
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        if info.min == 0:
+            return array.astype(np.float32) / np.float32(info.max), f"{array.dtype} range [0, {info.max}]"
+        scaled = (array.astype(np.float64) - info.min) / (float(info.max) - info.min)
+        return scaled.astype(np.float32), f"{array.dtype} range [{info.min}, {info.max}]"
+    values = array.astype(np.float32)
+    lo, hi = float(values.min()), float(values.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{name}: the image holds NaN or infinite values")
+    if 0.0 <= lo and hi <= 1.0:
+        return values, "float in [0, 1]"
+    if hi > lo:
+        return (values - np.float32(lo)) / np.float32(hi - lo), f"min-max [{lo:g}, {hi:g}] (float image outside [0, 1])"
+    return np.zeros_like(values), f"constant image ({lo:g})"
+
+
+class ScaleIntensityToUnitd(MapTransform):
+    """:func:`scale_intensity_to_unit` on dictionary keys; errors name the file (``filename_or_obj``).
+
+    Load images with ``LoadImaged(..., dtype=None)`` so that the type of the file decides the
+    scaling. The description of the scaling is stored as ``<key>_scaling`` when ``store_scaling``.
+
+    Args:
+        keys: image keys.
+        intensity_range: ``None`` (by type) or ``[low, high]``; the text ``"null"`` counts as ``None``.
+        store_scaling: keep the description in the data dict.
+        allow_missing_keys: as in MONAI.
+
+    Example::
+
+        ScaleIntensityToUnitd("image")({"image": np.full((1, 2, 2), 255, np.uint8)})["image"]  # all 1.0
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        intensity_range: Sequence[float] | str | None = None,
+        store_scaling: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if isinstance(intensity_range, str) and intensity_range.strip().lower() in ("null", "none", ""):
+            intensity_range = None
+        self.intensity_range = intensity_range
+        self.store_scaling = store_scaling
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            meta = getattr(value, "meta", None) or {}
+            name = str(meta.get("filename_or_obj") or d.get("case") or key)
+            scaled, how = scale_intensity_to_unit(value, self.intensity_range, name)
+            if isinstance(value, torch.Tensor):
+                out = torch.as_tensor(scaled, device=value.device)
+                d[key] = type(value)(out, meta=value.meta) if hasattr(value, "meta") else out
+            else:
+                d[key] = scaled
+            if self.store_scaling:
+                d[f"{key}_scaling"] = how
+        return d
 
 
 class CheckMattingSampled(MapTransform):
@@ -129,7 +243,8 @@ class CheckMattingSampled(MapTransform):
 def matting_load_transforms(
     keys: Sequence[str] = MATTING_KEYS, image_channels: int | None = None
 ) -> list:
-    """The deterministic part: load, scale image and alpha to [0, 1], check, make float32 tensors.
+    """The deterministic part: load, scale image and alpha to [0, 1] (:func:`scale_intensity_to_unit`,
+    ``x / 255`` for the 8-bit files of a prepared dataset), check, make float32 tensors.
 
     Args:
         keys: image, alpha, masks and trimap keys (in that order).
@@ -148,9 +263,9 @@ def matting_load_transforms(
             reverse_indexing=False,
             image_only=True,
             ensure_channel_first=True,
-            dtype=np.float32,
+            dtype=None,  # keep the file's type: it decides the intensity scaling
         ),
-        ScaleIntensityRanged(keys=[image_key, alpha_key], a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityToUnitd(keys=[image_key, alpha_key]),
         CheckMattingSampled(keys=keys, image_channels=image_channels),
         EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]

@@ -7,6 +7,10 @@ For a case ``<case>`` four files are written into ``output_dir``:
 - ``<case>_uncertainty.png``  8-bit grey, ``round(uncertainty * 255)``
 - ``<case>_uncertainty.npy``  float32, the exact values
 
+A case whose input image is a NIfTI file gets ``<case>_alpha.nii.gz`` / ``<case>_uncertainty.nii.gz``
+instead of the PNG files: float32 maps with the input's shape, affine and header
+(:func:`save_map`, which the MONAI Label app uses for its answers too).
+
 Arrays are written as (H, W) in the same row-major (row, column) order they have in memory:
 no transpose, so a PNG read back with PIL / ``np.asarray(Image.open(...))`` or with MONAI's
 ``PILReader(reverse_indexing=False)`` has the orientation of the input image when the input was
@@ -22,6 +26,7 @@ The PNG and NumPy files are therefore written here with Pillow and NumPy directl
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
@@ -30,12 +35,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from monai.transforms import MapTransform
 from PIL import Image
 
 from scripts.atomic import atomic_write
 
 __all__ = [
     "MattingPredictionWriter",
+    "SaveMattingPredictiond",
+    "save_map",
     "write_matting_prediction",
     "to_uint8",
     "case_name_from_path",
@@ -87,11 +95,71 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+def _is_nifti(path: Optional[Union[str, os.PathLike]]) -> bool:
+    return path is not None and str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def save_map(
+    values: ArrayLike, path: Union[str, os.PathLike], kind: str = "alpha", reference: Optional[Union[str, os.PathLike]] = None
+) -> Path:
+    """Write one result map atomically: NIfTI with the geometry of a NIfTI ``reference``, else 8-bit PNG.
+
+    Args:
+        values: the map with the reference image's spatial shape (or (H, W) for PNG), values in
+            [0, 1] (``kind="mask"``: {0, 1}).
+        path: the file to write; its ending must be ``.nii.gz`` for NIfTI, ``.png`` for PNG.
+        kind: ``"alpha"``, ``"uncertainty"`` or ``"mask"`` (PNG: mask values are written as 0/1,
+            maps as ``round(value * 255)``; NIfTI: mask as uint8, maps as float32).
+        reference: the input image the map belongs to; a NIfTI file lends its shape, affine and header.
+
+    Raises:
+        ValueError: the map's size does not match the reference, or a PNG map that is not 2-D.
+    """
+    path = Path(path)
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if _is_nifti(reference):
+        import nibabel as nib
+
+        ref = nib.load(str(reference))
+        resampling = np.eye(4)
+        if array.size != int(np.prod(ref.shape)):
+            # a 2-D map decoded at another size (output_size): same field of view, other voxel size
+            grid = np.squeeze(array).shape
+            if len(grid) != 2 or int(np.prod(ref.shape[2:])) != 1:
+                raise ValueError(f"result of shape {array.shape} does not fit {reference} of shape {ref.shape}")
+            for axis in range(2):
+                step = ref.shape[axis] / grid[axis]
+                resampling[axis, axis], resampling[axis, 3] = step, (step - 1.0) / 2.0  # pixel centres
+            shape = grid + tuple(ref.shape[2:])
+        else:
+            shape = ref.shape
+        data = array.reshape(shape).astype(np.uint8 if kind == "mask" else np.float32)
+        header = ref.header.copy()
+        header.set_data_dtype(data.dtype)
+        header.set_slope_inter(1.0, 0.0)
+        image = type(ref)(data, ref.affine @ resampling, header)
+        image.set_qform(ref.get_qform() @ resampling, code=int(ref.header["qform_code"]))
+        image.set_sform(ref.get_sform() @ resampling, code=int(ref.header["sform_code"]))
+        content = image.to_bytes()
+        if path.name.lower().endswith(".gz"):
+            content = gzip.compress(content, mtime=0)
+        atomic_write(path, lambda f: f.write(content))
+        return path
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"a PNG result must be 2-D (H, W), got shape {array.shape}")
+    data = np.clip(np.rint(array), 0, 1).astype(np.uint8) if kind == "mask" else to_uint8(array)
+    png = Image.fromarray(data)  # (H, W) uint8 -> mode "L", rows stay rows
+    atomic_write(path, lambda f: png.save(f, format="PNG"))
+    return path
+
+
 def write_matting_prediction(
     output_dir: Union[str, os.PathLike],
     case: str,
     alpha: ArrayLike,
     uncertainty: Optional[ArrayLike] = None,
+    reference: Optional[Union[str, os.PathLike]] = None,
 ) -> Dict[str, Path]:
     """Write one case's alpha matte (and uncertainty map) as 8-bit PNG and exact float32 ``.npy``.
 
@@ -100,10 +168,11 @@ def write_matting_prediction(
         case: case name, used as the file name prefix (no path separators).
         alpha: predicted alpha matte in [0, 1], (H, W) or (1, H, W), numpy array or tensor.
         uncertainty: uncertainty map in [0, 1] of the same kind, or ``None`` to write the alpha only.
+        reference: the input image; a NIfTI input gets NIfTI maps with its geometry instead of PNG.
 
     Returns:
-        the written paths, keys ``alpha_png``, ``alpha_npy`` and, with an uncertainty map,
-        ``uncertainty_png``, ``uncertainty_npy``.
+        the written paths, keys ``alpha_png`` (or ``alpha_nii``), ``alpha_npy`` and, with an
+        uncertainty map, ``uncertainty_png`` (or ``uncertainty_nii``), ``uncertainty_npy``.
 
     Raises:
         ValueError: a bad case name, an array that is not 2-D or that holds NaN / inf values.
@@ -121,11 +190,13 @@ def write_matting_prediction(
         maps["uncertainty"] = _as_2d(uncertainty, case, "uncertainty")
     written: Dict[str, Path] = {}
     for kind, values in maps.items():
-        png_path, npy_path = out / f"{case}_{kind}.png", out / f"{case}_{kind}.npy"
-        image = Image.fromarray(to_uint8(values))  # (H, W) uint8 -> mode "L", rows stay rows
-        atomic_write(png_path, lambda f, image=image: image.save(f, format="PNG"))
+        if _is_nifti(reference):
+            written[f"{kind}_nii"] = save_map(values, out / f"{case}_{kind}.nii.gz", kind, reference)
+        else:
+            written[f"{kind}_png"] = save_map(values, out / f"{case}_{kind}.png", kind)
+        npy_path = out / f"{case}_{kind}.npy"
         atomic_write(npy_path, lambda f, values=values: np.save(f, values, allow_pickle=False))
-        written[f"{kind}_png"], written[f"{kind}_npy"] = png_path, npy_path
+        written[f"{kind}_npy"] = npy_path
     return written
 
 
@@ -225,7 +296,11 @@ def matting_items_from_output(
                 f"engine output item {i}: no case name (no {case_key!r} key and no image file name metadata)"
             )
         unc = out.get(uncertainty_key) if uncertainty_key is not None else None
-        items.append({"case": str(case), "alpha": out[pred_key], "uncertainty": unc})
+        reference = None
+        for source in (out, bat):
+            if isinstance(source, Mapping) and image_key in source:
+                reference = reference or _meta_filename(source[image_key])
+        items.append({"case": str(case), "alpha": out[pred_key], "uncertainty": unc, "reference": reference})
     return items
 
 
@@ -300,6 +375,46 @@ class MattingPredictionWriter:
             image_key=self.image_key,
         )
         for item in items:
-            write_matting_prediction(self.output_dir, item["case"], item["alpha"], item["uncertainty"])
+            write_matting_prediction(
+                self.output_dir, item["case"], item["alpha"], item["uncertainty"], item["reference"]
+            )
             self.written.append(item["case"])
             self.logger.debug(f"wrote the prediction of {item['case']} to {self.output_dir}")
+
+
+class SaveMattingPredictiond(MapTransform):
+    """Post-processing transform writing one decollated prediction, like MONAI's ``SaveImaged``.
+
+    The files are those of :func:`write_matting_prediction` (PNG or NIfTI with the input's geometry,
+    plus ``.npy``); the data dict is returned unchanged, so ``pred`` stays the last output for
+    whatever consumes it next. The case name is ``data["case"]`` or the input's file name.
+
+    Args:
+        output_dir: folder for the files.
+        pred_key, uncertainty_key, image_key, case_key: keys of the decollated item.
+
+    Example (``postprocessing`` of configs/inference.yaml)::
+
+        {"_target_": "scripts.handlers.prediction_writer.SaveMattingPredictiond", "output_dir": "@output_dir"}
+    """
+
+    def __init__(
+        self,
+        output_dir: Union[str, os.PathLike],
+        pred_key: str = "pred",
+        uncertainty_key: Optional[str] = "uncertainty",
+        image_key: str = "image",
+        case_key: str = "case",
+    ) -> None:
+        super().__init__(keys=[pred_key], allow_missing_keys=False)
+        self.output_dir = Path(output_dir)
+        self.pred_key, self.uncertainty_key = pred_key, uncertainty_key
+        self.image_key, self.case_key = image_key, case_key
+
+    def __call__(self, data: Mapping[Any, Any]) -> Dict[Any, Any]:
+        (item,) = matting_items_from_output(
+            [data], pred_key=self.pred_key, uncertainty_key=self.uncertainty_key,
+            case_key=self.case_key, image_key=self.image_key,
+        )
+        write_matting_prediction(self.output_dir, item["case"], item["alpha"], item["uncertainty"], item["reference"])
+        return dict(data)

@@ -13,6 +13,7 @@ from .matting import (
     gaussian_gradient_magnitude,
     quantize_alpha,
 )
+from .handlers import METRIC_NAMES, SAMPLE_METRIC_NAMES, metric_handlers
 from .samples import (
     GeneralizedEnergyDistance,
     SampleDiceMetric,
@@ -22,6 +23,9 @@ from .samples import (
 )
 
 __all__ = [
+    "METRIC_NAMES",
+    "SAMPLE_METRIC_NAMES",
+    "metric_handlers",
     "MATTING_METRIC_NAMES",
     "MATTING_REGIONS",
     "MattingMetric",

@@ -24,6 +24,7 @@ from monai.utils import CommonKeys as Keys
 
 from scripts.data.transforms import TRIMAP_UNKNOWN
 from scripts.losses import PSEUDO_GROUND_TRUTH_MODES, pseudo_ground_truth
+from scripts.workflows.inference import MattingInferer
 
 __all__ = ["LOSS_NAMES", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
 
@@ -168,9 +169,9 @@ class MattingEvaluator(SupervisedEvaluator):
     Args:
         device, val_data_loader, network: as for ``SupervisedEvaluator``; ``network`` must have
             ``predict``.
-        num_samples: prior samples per image (``None``: the network's default).
-        flips: test-time flips, ``"none"``, ``"h"`` or ``"hv"`` (``None``: the network's own
-            ``test_time_flips``).
+        inferer: returns ``network.predict``'s dict; default
+            ``scripts.workflows.inference.MattingInferer()``, the inferer of CLI inference and of the
+            MONAI Label app too (prior samples, test-time flips, output size are its options).
         image_key, alpha_key, masks_key, trimap_key, case_key: batch keys.
         kwargs: other ``SupervisedEvaluator`` arguments (``val_handlers``, ``key_val_metric``,
             ``additional_metrics``, ...).
@@ -188,8 +189,7 @@ class MattingEvaluator(SupervisedEvaluator):
         device: str | torch.device,
         val_data_loader: Any,
         network: torch.nn.Module,
-        num_samples: int | None = None,
-        flips: str | None = None,
+        inferer: Any = None,
         image_key: str = "image",
         alpha_key: str = "alpha",
         masks_key: str = "masks",
@@ -201,10 +201,13 @@ class MattingEvaluator(SupervisedEvaluator):
         if not hasattr(network, "predict"):
             raise TypeError(f"MattingEvaluator needs a network with predict(), got {type(network).__name__}.")
         super().__init__(
-            device=device, val_data_loader=val_data_loader, network=network, decollate=decollate, **kwargs
+            device=device,
+            val_data_loader=val_data_loader,
+            network=network,
+            inferer=MattingInferer() if inferer is None else inferer,
+            decollate=decollate,
+            **kwargs,
         )
-        self.num_samples = num_samples
-        self.flips = flips
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
         self.trimap_key, self.case_key = trimap_key, case_key
 
@@ -225,15 +228,12 @@ class MattingEvaluator(SupervisedEvaluator):
         }
         if engine.case_key in batchdata:
             engine.state.output["case"] = list(batchdata[engine.case_key])
-        options = {"num_samples": engine.num_samples}
-        if engine.flips is not None:
-            options["flips"] = engine.flips
         with engine.mode(engine.network):
             if engine.amp:
                 with torch.autocast("cuda", **engine.amp_kwargs):
-                    out = engine.network.predict(image, **options)
+                    out = engine.inferer(image, engine.network)
             else:
-                out = engine.network.predict(image, **options)
+                out = engine.inferer(image, engine.network)
         engine.state.output[Keys.PRED] = out["alpha"].float()
         engine.state.output["uncertainty"] = out["uncertainty"].float()
         engine.state.output["sample_probs"] = out["sample_probs"].float()

@@ -8,10 +8,11 @@ folder and writes, per image, the alpha matte and the uncertainty map (see
 around the pieces defined here, which no library provides:
 
 - :func:`list_input_images`: the data list of a file or a folder (with clear errors);
-- :func:`require_checkpoint`: fail early, naming the path, when the checkpoint is missing;
+- :func:`load_trained_network`: the network a checkpoint was trained as (its saved constructor
+  arguments), with the checkpoint's weights: whatever recipe trained a model, it is served as is;
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
-- :func:`intensity_scaling`: the fixed ``[0, 255] -> [0, 1]`` scaling of training (or min-max);
-- :class:`MattingInferer`: calls ``network.predict`` at the requested output size;
+- :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size):
+  the inferer of evaluation, CLI inference and the MONAI Label app alike;
 - :class:`MattingInferenceEvaluator`: a ``SupervisedEvaluator`` whose iteration keeps both the
   alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``.
 """
@@ -29,17 +30,19 @@ from monai.config import KeysCollection
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
-from monai.transforms import MapTransform, ScaleIntensityd, ScaleIntensityRanged
+from monai.transforms import MapTransform
 from monai.utils import CommonKeys
 
 from scripts.handlers.prediction_writer import case_name_from_path
+from scripts.networks import MedicalMattingNet
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "CHECKPOINT_KEYS",
     "list_input_images",
-    "require_checkpoint",
+    "read_state_dict",
+    "load_trained_network",
     "EnsureImage2Dd",
-    "intensity_scaling",
     "MattingInferer",
     "MattingInferenceEvaluator",
 ]
@@ -54,6 +57,13 @@ IMAGE_SUFFIXES = (
 def _none_if_null(value: Any) -> Any:
     """``None`` for ``None`` and the command-line spellings ``"null"`` / ``"none"`` (fire passes them as text)."""
     if isinstance(value, str) and value.strip().lower() in ("null", "none", ""):
+        return None
+    return value
+
+
+def _null_setting(value: Any) -> Any:
+    """``None`` for ``None`` and the text ``"null"`` (``"none"`` is a value of ``test_time_flips``)."""
+    if isinstance(value, str) and value.strip().lower() in ("null", ""):
         return None
     return value
 
@@ -110,29 +120,114 @@ def list_input_images(input_path: Optional[Union[str, os.PathLike]]) -> List[Dic
     return data
 
 
-def require_checkpoint(ckpt_path: Optional[Union[str, os.PathLike]], allow_untrained: bool = False) -> Optional[str]:
-    """Check that the checkpoint exists before anything else runs.
+#: keys under which a checkpoint may hold the network's state dict (training checkpoints: ``network``)
+CHECKPOINT_KEYS = ("network", "model", "state_dict")
 
-    Args:
-        ckpt_path: path of the network weights (a ``state_dict`` or a dict holding one, see the config).
-        allow_untrained: when the file is missing, warn and go on with the freshly initialised
-            network instead of failing (smoke tests only: the outputs are meaningless).
 
-    Returns:
-        the path when the file exists, else ``None`` (only with ``allow_untrained``).
+def read_state_dict(ckpt_path: Union[str, os.PathLike], map_location: Any = "cpu") -> Dict[str, Any]:
+    """The network state dict of a checkpoint, bare (``model.pt``) or under one of :data:`CHECKPOINT_KEYS`.
+
+    Loaded with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 
     Raises:
-        FileNotFoundError: the checkpoint is missing and ``allow_untrained`` is false.
+        FileNotFoundError: no such file.
+        ValueError: unreadable (truncated, empty, not a weights-only file) or no state dict in it.
     """
-    if ckpt_path is not None and Path(ckpt_path).is_file():
-        return str(ckpt_path)
-    if allow_untrained:
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (train one first, or pass --ckpt_path PATH)"
+        )
+    try:
+        checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, empty, pickled code...
+        raise ValueError(f"checkpoint {path} cannot be read as weights: {_first_line(e)}") from e
+    if isinstance(checkpoint, Mapping):
+        for key in CHECKPOINT_KEYS:
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not any(torch.is_tensor(v) for v in checkpoint.values()):
+        raise ValueError(f"checkpoint {path}: no network state dict (bare, or under one of {list(CHECKPOINT_KEYS)})")
+    return dict(checkpoint)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__ + " (empty or truncated file)"
+
+
+def _fallback_network(config_file: Union[str, os.PathLike], bundle_root: Union[str, os.PathLike]) -> torch.nn.Module:
+    """``network_def`` of the training config (the one place the network is defined)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser["bundle_root"] = str(bundle_root)
+    return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def load_trained_network(
+    ckpt_path: Optional[Union[str, os.PathLike]],
+    prediction: Optional[Mapping[str, Any]] = None,
+    allow_untrained: bool = False,
+    fallback_config: Optional[Union[str, os.PathLike]] = None,
+    bundle_root: Union[str, os.PathLike] = ".",
+    map_location: Any = "cpu",
+) -> torch.nn.Module:
+    """The network of a checkpoint, built from the constructor arguments saved in it, with its weights.
+
+    A model trained with any recipe or overrides is served without repeating them: the state dict
+    holds the network's arguments (``MedicalMattingNet.get_extra_state``). Prediction settings
+    (``num_samples``, ``test_time_flips``, ``sample_seed``) may be changed through ``prediction``;
+    ``None`` values keep what the model was trained with.
+
+    Args:
+        ckpt_path: ``model.pt`` (a state dict) or a training checkpoint holding one.
+        prediction: ``{"num_samples": ..., "test_time_flips": ..., "sample_seed": ...}``.
+        allow_untrained: when ``ckpt_path`` is missing, warn and return the untrained network of
+            ``fallback_config`` (smoke tests only: the outputs are meaningless).
+        fallback_config: the training config whose ``network_def`` is used for a checkpoint without
+            saved arguments (written before they were saved) or with ``allow_untrained``.
+        bundle_root: ``bundle_root`` of ``fallback_config``.
+        map_location: where the weights are loaded.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing (and ``allow_untrained`` is false).
+        ValueError: the checkpoint is unreadable, or its weights do not fit the network.
+
+    Example::
+
+        net = load_trained_network("models/model.pt", {"test_time_flips": "none"}).eval()
+    """
+    from scripts.networks import PREDICTION_KEYS
+
+    prediction = {k: v for k, v in dict(prediction or {}).items() if _null_setting(v) is not None}
+    unknown = sorted(set(prediction) - set(PREDICTION_KEYS))
+    if unknown:
+        raise ValueError(f"prediction settings {unknown} are not prediction settings; allowed: {list(PREDICTION_KEYS)}")
+    if _none_if_null(ckpt_path) is None or not Path(ckpt_path).is_file():
+        if not allow_untrained:
+            read_state_dict(ckpt_path or "<no checkpoint given>")  # raises FileNotFoundError naming the path
+        if fallback_config is None:
+            raise FileNotFoundError(f"checkpoint not found: {ckpt_path}, and no fallback_config to build an untrained network")
         warnings.warn(f"checkpoint {ckpt_path} not found: running the UNTRAINED network (allow_untrained=true)")
-        return None
-    raise FileNotFoundError(
-        f"checkpoint not found: {ckpt_path} (train one first, pass --ckpt_path PATH, "
-        "or --allow_untrained true for a smoke test with random weights)"
-    )
+        network = _fallback_network(fallback_config, bundle_root)
+        config = dict(network.config, **prediction)
+        return MedicalMattingNet(**config) if prediction else network
+    state = read_state_dict(ckpt_path, map_location)
+    config = MedicalMattingNet.checkpoint_config(state)
+    if config is None:
+        if fallback_config is None:
+            raise ValueError(f"checkpoint {ckpt_path} does not say which network it belongs to (no _extra_state)")
+        config = _fallback_network(fallback_config, bundle_root).config
+        state["_extra_state"] = {"config": config}
+    try:
+        network = MedicalMattingNet(**dict(config, **prediction))
+        network.load_state_dict(state, strict=True)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise ValueError(f"checkpoint {ckpt_path}: {_first_line(e)}") from e
+    return network
 
 
 class EnsureImage2Dd(MapTransform):
@@ -173,30 +268,6 @@ class EnsureImage2Dd(MapTransform):
         return d
 
 
-def intensity_scaling(keys: KeysCollection, intensity_range: Optional[Sequence[float]] = (0, 255)) -> MapTransform:
-    """The image intensity scaling to [0, 1] used before the network.
-
-    Args:
-        keys: image keys.
-        intensity_range: ``(low, high)`` mapped linearly to ``(0, 1)`` and clipped, as in training
-            (the prepared datasets are 8-bit: ``(0, 255)`` gives ``image / 255``); ``None`` scales
-            each image by its own minimum and maximum (``ScaleIntensityd``), for inputs of another
-            range such as float MRI volumes, at the price of a different normalisation than in training.
-            The text ``"null"`` / ``"none"`` (as the command line passes it) counts as ``None``.
-
-    Example::
-
-        intensity_scaling("image", (0, 255))  # ScaleIntensityRanged(a_min=0, a_max=255, b_min=0, b_max=1, clip=True)
-    """
-    intensity_range = _none_if_null(intensity_range)
-    if intensity_range is None:
-        return ScaleIntensityd(keys, minv=0.0, maxv=1.0)
-    if len(intensity_range) != 2 or not float(intensity_range[1]) > float(intensity_range[0]):
-        raise ValueError(f"intensity_range must be [low, high] with high > low, got {intensity_range}")
-    low, high = (float(v) for v in intensity_range)
-    return ScaleIntensityRanged(keys, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
-
-
 def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[tuple]:
     size = _none_if_null(size)
     if size is None:
@@ -221,6 +292,7 @@ class MattingInferer(Inferer):
             or, when that is ``None``, at the original image size (the implicit decoder works at
             any scale). ``None`` feeds the image at its own size.
         num_samples: Probabilistic U-Net samples for the uncertainty map (``None``: the network's).
+        flips: test-time flips ``"none"``, ``"h"``, ``"hv"`` (``None``: the network's ``test_time_flips``).
 
     Example::
 
@@ -233,11 +305,13 @@ class MattingInferer(Inferer):
         output_size: Optional[Sequence[int]] = None,
         input_size: Optional[Sequence[int]] = None,
         num_samples: Optional[int] = None,
+        flips: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.output_size = _check_size(output_size, "output_size")
         self.input_size = _check_size(input_size, "input_size")
-        self.num_samples = num_samples
+        self.num_samples = _none_if_null(num_samples)
+        self.flips = _null_setting(flips)
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
@@ -246,7 +320,10 @@ class MattingInferer(Inferer):
         if self.input_size is not None and self.input_size != original:
             shrink = self.input_size[0] < original[0] or self.input_size[1] < original[1]
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=shrink)
-        return network.predict(x, output_size=target, num_samples=self.num_samples)
+        options: Dict[str, Any] = {"output_size": target, "num_samples": self.num_samples}
+        if self.flips is not None:
+            options["flips"] = self.flips
+        return network.predict(x, **options)
 
 
 class MattingInferenceEvaluator(SupervisedEvaluator):

@@ -12,7 +12,7 @@ import os
 
 from scripts.data.datalist import load_datalist, split_folds
 
-__all__ = ["fold_split", "load_fold_split"]
+__all__ = ["fold_split", "load_fold_split", "require_cases"]
 
 
 def fold_split(datalist: dict, fold: int, val_fold: int | None = None) -> dict[str, list[dict]]:
@@ -20,7 +20,8 @@ def fold_split(datalist: dict, fold: int, val_fold: int | None = None) -> dict[s
 
     Args:
         datalist: as returned by :func:`scripts.data.datalist.load_datalist`.
-        fold: the held-out test fold.
+        fold: the held-out test fold; ``None`` trains on every case (the release model; ``test``
+            is then empty).
         val_fold: a fold held out of training for validation, ``None`` to validate on the training
             cases (must differ from ``fold``).
 
@@ -30,6 +31,13 @@ def fold_split(datalist: dict, fold: int, val_fold: int | None = None) -> dict[s
         len(split["train"]), len(split["test"])
     """
     num_folds = int(datalist["num_folds"])
+    if fold is None or str(fold).strip().lower() in ("", "none", "null"):
+        if val_fold is not None and str(val_fold).strip().lower() not in ("", "none", "null"):
+            raise ValueError("val_fold needs a test fold: with fold=null every case trains")
+        cases = list(datalist["training"])
+        if not cases:
+            raise ValueError("the datalist has no cases")
+        return {"train": cases, "val": list(cases), "test": []}
     fold = int(fold)
     train, test = split_folds(datalist, fold)
     if val_fold is None or val_fold == "" or str(val_fold).lower() == "none":
@@ -58,3 +66,10 @@ def load_fold_split(dataset_dir: str | os.PathLike, fold: int, val_fold: int | N
     split = fold_split(datalist, fold, val_fold)
     header = {k: datalist[k] for k in ("name", "num_folds", "raters", "channels", "spatial_shape")}
     return {**header, **split}
+
+
+def require_cases(items: list[dict], what: str) -> list[dict]:
+    """``items`` when not empty; a ``ValueError`` naming ``what`` otherwise (e.g. evaluating with ``--fold null``)."""
+    if not items:
+        raise ValueError(f"{what}: no cases to evaluate (a model trained with --fold null has no test fold)")
+    return items

@@ -1,0 +1,62 @@
+"""The evaluation's metric names, listed once, and the MONAI metric handlers built from them.
+
+A name is ``<metric>_<region>`` for the alpha-matting errors (``sad_unknown`` = SAD inside the
+trimap's unknown region, as in the published tables; ``sad_image`` over the whole image) or
+``ged`` / ``dice`` for the Probabilistic U-Net's samples against the raters' masks. Configs,
+the metrics writer, the cross-validation tables and the reproduction report all read
+:data:`METRIC_NAMES`; nothing else spells the list out.
+
+Example (bundle config)::
+
+    key_metric: "$scripts.metrics.metric_handlers(scripts.metrics.METRIC_NAMES[:1])"
+    additional_metrics: "$scripts.metrics.metric_handlers(scripts.metrics.METRIC_NAMES[1:])"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.handlers import IgniteMetricHandler, from_engine
+
+from .matting import MATTING_METRIC_NAMES, MATTING_REGIONS, MattingMetric
+from .samples import GeneralizedEnergyDistance, SampleDiceMetric
+
+__all__ = ["METRIC_NAMES", "SAMPLE_METRIC_NAMES", "metric_handlers"]
+
+#: metrics of the Prob. U-Net samples (evaluator output ``sample_probs`` against ``masks``)
+SAMPLE_METRIC_NAMES = ("ged", "dice")
+#: every evaluation metric, in report order: the first is the key metric (lower is better)
+METRIC_NAMES = tuple(f"{m}_{r}" for r in MATTING_REGIONS for m in MATTING_METRIC_NAMES) + SAMPLE_METRIC_NAMES
+
+
+def metric_handlers(names: Sequence[str], prefix: str = "", save_details: bool = True) -> dict[str, IgniteMetricHandler]:
+    """``{prefix + name: IgniteMetricHandler}`` for ``key_val_metric`` / ``additional_metrics`` of an evaluator.
+
+    The matting metrics read ``from_engine(["pred", "label"])`` (alpha, [true alpha, unknown
+    region]) and the sample metrics ``from_engine(["sample_probs", "masks"])``: the keys of
+    ``MattingEvaluator``'s output.
+
+    Args:
+        names: entries of :data:`METRIC_NAMES`.
+        prefix: prepended to each name (``"val_"`` for validation during training).
+        save_details: keep per-image values (``engine.state.metric_details``) for the per-case tables.
+
+    Raises:
+        ValueError: a name that is not in :data:`METRIC_NAMES`.
+    """
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric name(s) {unknown}; known: {list(METRIC_NAMES)}")
+    handlers = {}
+    for name in names:
+        if name == "ged":
+            metric, output = GeneralizedEnergyDistance(), ["sample_probs", "masks"]
+        elif name == "dice":
+            metric, output = SampleDiceMetric(), ["sample_probs", "masks"]
+        else:
+            kind, region = name.split("_", 1)
+            metric, output = MattingMetric(kind, region=region), ["pred", "label"]
+        handlers[prefix + name] = IgniteMetricHandler(
+            metric_fn=metric, output_transform=from_engine(output), save_details=save_details
+        )
+    return handlers
