@@ -63,8 +63,8 @@ logger = logging.getLogger(__name__)
 CONFIGS = {"medical_matting": MedicalMatting}
 
 
-class StartupRefused(SystemExit):
-    """The server must not start (one-line reason); a SystemExit so that no traceback hides it."""
+class StartupRefused(RuntimeError):
+    """The server must not start; the one-line reason is logged as an error first."""
 
 
 class MedicalMattingApp(MONAILabelApp):

@@ -227,6 +227,8 @@ class ConfigSnapshot:
     """
 
     ENV = "MEDICAL_MATTING_CONFIG_SNAPSHOT"
+    PREFIX = "medical_matting_configs_"
+    OWNER = ".owner_pid"
     _cache: Dict[str, "ConfigSnapshot"] = {}
 
     def __init__(self, bundle_root: Union[str, os.PathLike], folder: Union[str, os.PathLike], files: Mapping[str, str]):
@@ -240,7 +242,7 @@ class ConfigSnapshot:
         root = Path(bundle_root).resolve()
         sources = sorted(p for p in (root / "configs").rglob("*") if p.is_file())
         sources += [Path(e).resolve() for e in extra if Path(e).is_file()]
-        folder = Path(tempfile.mkdtemp(prefix="medical_matting_configs_"))
+        folder = Path(tempfile.mkdtemp(prefix=cls.PREFIX))
         files: Dict[str, str] = {}
         for src in sources:
             rel = cls._key(root, src)
@@ -251,8 +253,23 @@ class ConfigSnapshot:
             shutil.copyfile(src, dest)
             files[rel] = _sha256(dest)
         owner = os.getpid()
+        (folder / cls.OWNER).write_text(str(owner))
         atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+        cls._remove_stale(folder.parent)
         return cls(root, folder, files)
+
+    @classmethod
+    def _remove_stale(cls, parent: Path) -> None:
+        """Remove snapshots of server processes that are gone (killed servers do not run ``atexit``)."""
+        for old in parent.glob(f"{cls.PREFIX}*"):
+            try:
+                if os.stat(old).st_uid != os.getuid():
+                    continue
+                os.kill(int((old / cls.OWNER).read_text()), 0)
+            except ProcessLookupError:
+                shutil.rmtree(old, ignore_errors=True)
+            except (OSError, ValueError):
+                continue
 
     @classmethod
     def for_bundle(cls, bundle_root: Union[str, os.PathLike], extra: Iterable[Union[str, os.PathLike]] = ()) -> "ConfigSnapshot":
