@@ -43,7 +43,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Union
@@ -513,11 +512,10 @@ def _http_error(e: MattingAppError):
     return HTTPException(status_code=e.status_code, detail=str(e))
 
 
-def _wrap(module, name: str, check: Callable[[Dict[str, Any]], Optional[Callable]]) -> None:
+def _wrap(module, name: str, check: Callable[[Dict[str, Any]], None]) -> None:
     """Replace ``module.name`` by a version that runs ``check`` on its bound arguments first.
 
-    ``check`` may change the arguments in place; it may return a callable run after the original
-    (cleanup); a :class:`MattingAppError` becomes its HTTP answer.
+    ``check`` may change the arguments in place; a :class:`MattingAppError` becomes its HTTP answer.
     """
     original = getattr(module, name, None)
     if original is None:
@@ -629,7 +627,3 @@ def _guarded_inference(original, app, background_tasks, model, image, session_id
         return original(background_tasks, model, image, session_id, json.dumps(options), None, None, output)
     finally:
         _TRUSTED.reset(token)
-
-
-if "pytest" in sys.modules:  # the tests import this module without monailabel's endpoints
-    pass
