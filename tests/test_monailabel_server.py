@@ -106,7 +106,7 @@ class Server:
         cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
                "--studies", str(self.studies), "--conf", "models", "medical_matting",
                "--conf", "model_path", str(self.weights), "--conf", "network_overrides", json.dumps(TINY),
-               "--conf", "train_dir", str(root / "train_runs"),
+               "--conf", "train_dir", str(root / "train_runs"), "--conf", "allow_training", "true",
                "--host", "127.0.0.1", "--port", str(self.port)]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=str(BUNDLE_ROOT), stdout=self.log, stderr=subprocess.STDOUT, env=env)

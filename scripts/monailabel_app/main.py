@@ -1,6 +1,7 @@
 """MONAI Label app of the medical_matting bundle (docs/monailabel.md).
 
-Start it with MONAI Label's own command, from the bundle root::
+Start it with MONAI Label's own command, from the bundle root, on the loopback address (see
+docs/monailabel.md, "Security", to reach it from other machines)::
 
     monailabel start_server --app scripts/monailabel_app --studies STUDIES_DIR \\
         --conf models medical_matting --host 127.0.0.1 --port 8000
@@ -10,33 +11,60 @@ It serves
 - ``POST /infer/medical_matting?image=<id>``: the alpha matte of a study image (option
   ``map_type``: ``alpha`` | ``uncertainty`` | ``mask``), with the input's geometry;
 - ``POST /train/medical_matting``: the bundle's training on the final labels of the datastore,
-  publishing ``models/model.pt``;
+  publishing ``models/model.pt`` (only with ``--conf allow_training true``);
 
 plus everything MONAI Label serves for any app (``/info/``, ``/datastore/``, ``/activelearning/``...).
-Requests the app refuses get a 4xx with the reason in ``detail`` (404 unknown image, 409 no trained
-weights, 415 unsupported image, 400 bad option), and the server keeps running.
+Requests the app refuses get a 4xx with the reason in ``detail`` (400 bad option or id, 403 training
+not enabled, 404 unknown image / model, 409 no trained weights or changed configs, 415 unsupported
+image), and the server keeps running.
+
+Every id, tag, file name and option a request carries is checked before MONAI Label uses it
+(``lib/security.py``): ids and tags are plain names confined to the datastore, uploads are images,
+and nothing a request writes is ever read as configuration. The server refuses to start with the
+studies folder inside the bundle, or bound to a non-loopback address without authentication.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Dict
+import sys
+from pathlib import Path
+from typing import Any, Dict, Mapping
 
 from fastapi import HTTPException
 
 import monailabel
-from lib.configs.medical_matting import MedicalMatting
-from lib.errors import MattingAppError, StudyImageNotFoundError
+from lib.configs.medical_matting import MedicalMatting, conf_flag, default_bundle_root
+from lib.errors import MattingAppError, TrainingDisabledError, UnknownTaskError
+from lib.security import (
+    SecureLocalDatastore,
+    SecureSessions,
+    bind_host,
+    check_bind_host,
+    check_name,
+    check_studies_location,
+    install_request_guards,
+    is_plain_name,
+    trusted_inputs,
+    unknown_image,
+)
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.interfaces.utils.app import app_instance
 
 logger = logging.getLogger(__name__)
 
 #: ``--conf models`` names -> task configs
 CONFIGS = {"medical_matting": MedicalMatting}
+
+
+class StartupRefused(RuntimeError):
+    """The server must not start; the one-line reason is logged as an error first."""
 
 
 class MedicalMattingApp(MONAILabelApp):
@@ -56,6 +84,15 @@ class MedicalMattingApp(MONAILabelApp):
         unknown = [n for n in names if n not in CONFIGS]
         if unknown:
             raise ValueError(f"--conf models: unknown model(s) {unknown}; available: {list(CONFIGS)}")
+        bundle_root = Path(conf.get("bundle_root") or default_bundle_root()).expanduser().resolve()
+        try:
+            check_studies_location(studies, bundle_root)
+            check_bind_host(bind_host(sys.argv), settings.MONAI_LABEL_AUTH_ENABLE,
+                            conf_flag(conf, "allow_remote_without_auth"))
+        except RuntimeError as e:
+            message = f"medical_matting: refusing to start: {e}"
+            logger.error(message)
+            raise StartupRefused(message) from None
         self.model_dir = os.path.join(app_dir, "model")
         self.models: Dict[str, TaskConfig] = {}
         for name in names:
@@ -71,6 +108,23 @@ class MedicalMattingApp(MONAILabelApp):
             description=f"Alpha mattes and uncertainty maps of medical images. {status}",
             version="1.0",
         )
+        install_request_guards(app_instance)
+
+    # ------------------------------------------------------------------ MONAI Label hooks
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        logger.info(f"Init Datastore for: {self.studies} (plain ids and image files only)")
+        return SecureLocalDatastore(
+            self.studies,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _load_sessions(self, load=False):
+        if not load:
+            return None
+        return SecureSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY)
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
@@ -92,18 +146,56 @@ class MedicalMattingApp(MONAILabelApp):
         for name, config in self.models.items():
             status = config.model.status()
             (logger.info if status["trained"] else logger.warning)(f"{name}: {status['message']}")
+        for name, task in self._trainers.items():
+            if not getattr(task, "allow_training", False):
+                logger.info(f"{name}: training through the server is disabled (--conf allow_training true enables it)")
 
+    # ------------------------------------------------------------------ request checks
+    def check_infer_params(self, model: Any, params: Mapping[str, Any]) -> Dict[str, Any]:
+        """The options of an infer request, checked by the model's task (see ``MattingInferTask.check_options``)."""
+        task = self._infers.get(model) if isinstance(model, str) else None
+        if task is None:
+            raise UnknownTaskError(f"unknown model {str(model)[:64]!r}; GET /info/ lists the models")
+        return task.check_options(params)
+
+    def check_train_request(self, model: Any, params: Mapping[str, Any]) -> None:
+        """Refuse a training request before MONAI Label queues it (disabled, bad options, changed configs)."""
+        task = self._trainers.get(model) if isinstance(model, str) else None
+        if task is None:
+            raise UnknownTaskError(f"unknown trainer {str(model)[:64]!r}; GET /info/ lists the trainers")
+        task.check_request(params)
+        task.snapshot.verify()
+
+    def check_model_change(self, model: Any) -> None:
+        """Uploading or deleting the served weights (``/model/``) needs ``--conf allow_training true``."""
+        if not any(getattr(t, "allow_training", False) for t in self._trainers.values()):
+            raise TrainingDisabledError("changing the served model through the server is disabled; the operator "
+                                        "enables it with --conf allow_training true")
+        if model not in self._infers:
+            raise UnknownTaskError(f"unknown model {str(model)[:64]!r}; GET /info/ lists the models")
+
+    # ------------------------------------------------------------------ infer / train
     def infer(self, request, datastore=None):
-        """MONAI Label's ``infer`` with a 404 for unknown images and 4xx answers for refused requests."""
-        image = request.get("image")
+        """MONAI Label's ``infer`` on a datastore id (or this request's checked upload), 4xx when refused.
+
+        The id is resolved here, so MONAI Label never sees a path; an id the datastore does not
+        hold gets one answer (404), whatever it looks like and whether or not such a file exists.
+        """
         try:
-            if isinstance(image, str) and image and not os.path.exists(image):
-                store = datastore if datastore else self.datastore()
-                if not store.get_image_uri(image):
-                    raise StudyImageNotFoundError(
-                        f"image '{image}' is not in the datastore ({self.studies}); "
-                        "GET /datastore/?output=all lists the image ids")
-            return super().infer(request, datastore)
+            image = request.get("image")
+            store = datastore if datastore else self.datastore()
+            if isinstance(image, str) and image in trusted_inputs():
+                return super().infer({**request, "save_label": False}, datastore)
+            uri = store.get_image_uri(image) if is_plain_name(image) else ""
+            if not uri:
+                raise unknown_image(image)
+            save = bool(request.get("save_label"))
+            tag = check_name(request.get("label_tag") or DefaultLabelTag.ORIGINAL.value, "label_tag")
+            result = super().infer({**request, "image": uri, "save_label": False}, store)
+            if save and result.get("file") and os.path.exists(result["file"]):
+                result["label"] = store.save_label(image, result["file"], tag,
+                                                   {"model": request.get("model"), "params": result.get("params")})
+            return result
         except MattingAppError as e:
             logger.warning(f"infer refused ({e.status_code}): {e}")
             raise HTTPException(status_code=e.status_code, detail=str(e)) from e
@@ -111,6 +203,8 @@ class MedicalMattingApp(MONAILabelApp):
     def train(self, request):
         """MONAI Label's ``train`` with 4xx answers for refused requests (``run_sync=true``)."""
         try:
+            if request.get("model") not in self._trainers:
+                raise UnknownTaskError(f"unknown trainer {str(request.get('model'))[:64]!r}")
             return super().train(request)
         except MattingAppError as e:
             logger.warning(f"train refused ({e.status_code}): {e}")

@@ -19,6 +19,9 @@ __all__ = [
     "NoTrainedWeightsError",
     "InvalidCheckpointError",
     "NoTrainingLabelsError",
+    "TrainingDisabledError",
+    "ConfigChangedError",
+    "UnknownTaskError",
 ]
 
 
@@ -62,3 +65,21 @@ class NoTrainingLabelsError(MattingAppError):
     """Training was requested but the datastore holds no usable (image, final label) pairs."""
 
     status_code = 409
+
+
+class TrainingDisabledError(MattingAppError):
+    """Training (or replacing the served model) through the server was not enabled by the operator."""
+
+    status_code = 403
+
+
+class ConfigChangedError(MattingAppError):
+    """The bundle's configs differ from the ones hashed at server start: training is refused."""
+
+    status_code = 409
+
+
+class UnknownTaskError(MattingAppError):
+    """The request names a model or trainer the app does not serve."""
+
+    status_code = 404

@@ -16,7 +16,14 @@ Server options (``monailabel start_server ... --conf KEY VALUE``), all optional:
 ``train_num_folds``           folds of the generated datalist (default 5; one is held out)
 ``train_overrides``           JSON dict of further ``monai.bundle run training`` overrides
 ``tracking_uri``              MLflow tracking URI for server training runs (default: none)
+``allow_training``            ``true``: ``POST /train/medical_matting`` and ``PUT``/``DELETE /model/...``
+                              may change the served model (default ``false``: refused with 403)
+``allow_remote_without_auth`` ``true``: start even when bound to a non-loopback address without
+                              MONAI Label authentication (default ``false``: refuse to start)
 ============================  =======================================================================
+
+The inference and training configs are read from a snapshot of ``<bundle_root>/configs`` taken at
+start-up (``lib.security.ConfigSnapshot``), never from a file a request could have written.
 
 Example::
 
@@ -39,9 +46,10 @@ from monailabel.utils.others.generic import strtobool
 
 from ..bundle_model import DEFAULT_CONFIG, BundleModel
 from ..infers.matting import MattingInferTask
+from ..security import ConfigSnapshot
 from ..trainers.matting import MattingTrainTask
 
-__all__ = ["MedicalMatting", "default_bundle_root"]
+__all__ = ["MedicalMatting", "default_bundle_root", "conf_flag"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,11 @@ logger = logging.getLogger(__name__)
 def default_bundle_root() -> Path:
     """The bundle this app belongs to: ``<bundle_root>/scripts/monailabel_app/lib/configs/<this file>``."""
     return Path(__file__).resolve().parents[4]
+
+
+def conf_flag(conf: Dict[str, Any], key: str, default: str = "false") -> bool:
+    """A ``--conf KEY true|false`` switch."""
+    return bool(strtobool(str(conf.get(key, default))))
 
 
 def _json_dict(conf: Dict[str, Any], key: str) -> Dict[str, Any]:
@@ -72,14 +85,18 @@ class MedicalMatting(TaskConfig):
     def __init__(self) -> None:
         super().__init__()
         self.model: Optional[BundleModel] = None
+        self.snapshot: Optional[ConfigSnapshot] = None
 
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         bundle_root = Path(conf.get("bundle_root") or default_bundle_root()).expanduser().resolve()
         allow = conf.get("allow_untrained", os.environ.get("MEDICAL_MATTING_ALLOW_UNTRAINED", "false"))
+        inference_config = Path(conf.get("inference_config", DEFAULT_CONFIG))
+        inference_config = inference_config if inference_config.is_absolute() else bundle_root / inference_config
+        self.snapshot = ConfigSnapshot.for_bundle(bundle_root, extra=[inference_config])
         self.model = BundleModel(
             bundle_root,
-            config_file=conf.get("inference_config", DEFAULT_CONFIG),
+            config_file=self.snapshot.path(inference_config),
             weights_path=conf.get("model_path") or None,
             overrides=_json_dict(conf, "network_overrides"),
             allow_untrained=bool(strtobool(str(allow))),
@@ -99,4 +116,6 @@ class MedicalMatting(TaskConfig):
             num_folds=int(self.conf.get("train_num_folds", 5)),
             tracking_uri=self.conf.get("tracking_uri") or None,
             train_overrides=_json_dict(self.conf, "train_overrides"),
+            allow_training=conf_flag(self.conf, "allow_training"),
+            snapshot=self.snapshot,
         )

@@ -33,14 +33,17 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError
 from ..imaging import image_reader, write_result
+from ..security import finite_float
 from ..transforms import PrepareMattingInputd
 
-__all__ = ["MattingInferTask", "MAP_TYPES"]
+__all__ = ["MattingInferTask", "MAP_TYPES", "CLIENT_KEYS"]
 
 logger = logging.getLogger(__name__)
 
 #: maps the task can return (request option ``map_type``); the first is the default
 MAP_TYPES = ("alpha", "uncertainty", "mask")
+#: options viewers add to every infer request; accepted and ignored (the result format is the input's)
+CLIENT_KEYS = ("client_id", "result_extension", "result_dtype", "result_compress", "restore_label_idx")
 
 
 def _option(value: Any, default: Any) -> Any:
@@ -112,6 +115,37 @@ class MattingInferTask(BasicInferTask):
     def inverse_transforms(self, data=None):
         return None
 
+    def check_options(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """The request options the task takes (``map_type``, ``mask_threshold``), checked.
+
+        Options viewers always send (:data:`CLIENT_KEYS`) are dropped; any other key is refused,
+        so a request cannot set what MONAI Label reads from the same dict (``image``,
+        ``save_label``, ``label_tag``, ``device``...).
+
+        Raises:
+            InvalidRequestError: an unknown option or a bad value.
+        """
+        unknown = sorted(str(k)[:64] for k in params if k not in self._config and k not in CLIENT_KEYS)
+        if unknown:
+            raise InvalidRequestError(f"unknown option(s) {unknown}; medical_matting takes {sorted(self._config)}")
+        options: Dict[str, Any] = {}
+        if "map_type" in params:
+            options["map_type"] = self._map_type(params["map_type"])
+        if "mask_threshold" in params:
+            options["mask_threshold"] = self._threshold(params["mask_threshold"])
+        return options
+
+    @staticmethod
+    def _map_type(value: Any) -> str:
+        value = _option(value, MAP_TYPES[0])
+        if not isinstance(value, str) or value not in MAP_TYPES:
+            raise InvalidRequestError(f"unknown map_type {str(value)[:64]!r}; choose one of {list(MAP_TYPES)}")
+        return value
+
+    @staticmethod
+    def _threshold(value: Any) -> float:
+        return finite_float(_option(value, 0.5), "mask_threshold", 0.0, 1.0)
+
     # ------------------------------------------------------------------ inference
     def _predict(self, network: torch.nn.Module, image: np.ndarray, device: str) -> Tuple[np.ndarray, np.ndarray]:
         """``image`` (C, H, W) or (C, H, W, D) -> alpha and uncertainty (H, W) or (H, W, D)."""
@@ -131,13 +165,8 @@ class MattingInferTask(BasicInferTask):
         return alpha.reshape(shape), uncertainty.reshape(shape)
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):
-        output = str(_option(data.get("map_type"), MAP_TYPES[0]))
-        if output not in MAP_TYPES:
-            raise InvalidRequestError(f"unknown map_type '{output}'; choose one of {list(MAP_TYPES)}")
-        try:
-            threshold = float(_option(data.get("mask_threshold"), 0.5))
-        except (TypeError, ValueError) as e:
-            raise InvalidRequestError(f"mask_threshold must be a number: {e}") from e
+        output = self._map_type(data.get("map_type"))
+        threshold = self._threshold(data.get("mask_threshold"))
 
         network, trained = self.model.network(device)
         alpha, uncertainty = self._predict(network, data["image"], device)

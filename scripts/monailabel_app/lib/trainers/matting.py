@@ -17,6 +17,11 @@ Steps of one run (``POST /train/medical_matting``):
 
 ``stats()`` (shown by ``/info/`` as ``train_stats``) reports the last run.
 
+Training through the server is off unless the operator starts it with ``--conf allow_training true``
+(refused with 403 otherwise). Request options are checked against :data:`TRAIN_OPTIONS` (names,
+integer types and ranges) and never become config overrides. The configs come from the server's
+start-up snapshot (``lib.security.ConfigSnapshot``), verified against their sha256 before each run.
+
 Example::
 
     task = MattingTrainTask(bundle_model, train_dir="runs/monailabel")
@@ -39,14 +44,21 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..bundle_model import BundleModel
-from ..errors import InvalidRequestError, NoTrainingLabelsError
+from ..errors import InvalidRequestError, NoTrainingLabelsError, TrainingDisabledError
+from ..security import ConfigSnapshot
 from .dataset import prepare_training_dataset
 
-__all__ = ["MattingTrainTask", "training_command"]
+__all__ = ["MattingTrainTask", "training_command", "TRAIN_OPTIONS"]
 
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "last_train.json"
+#: request options of a training run: name -> (minimum, maximum); all integers
+TRAIN_OPTIONS = {"epochs": (1, 10000), "max_epochs": (1, 10000), "num_folds": (2, 100), "fold": (0, 99)}
+#: keys MONAI Label itself adds to the request of a training task (not options of the client)
+INTERNAL_KEYS = ("model", "local_rank", "gpus")
+DISABLED = ("training through the server is disabled; the operator enables it with "
+            "--conf allow_training true (see docs/monailabel.md)")
 
 
 def _cli_value(value: Any) -> str:
@@ -102,6 +114,9 @@ class MattingTrainTask(TrainTask):
         timeout_s: limit of one training subprocess.
         config_file: the bundle's training config (relative to the bundle root).
         description: shown by MONAI Label clients.
+        allow_training: run trainings at all (off: every request is refused with 403).
+        snapshot: the configs as they were at server start (default: this process's snapshot of
+            the bundle); the run uses its copy of ``config_file`` after verifying the hashes.
     """
 
     def __init__(
@@ -117,8 +132,10 @@ class MattingTrainTask(TrainTask):
         config_file: str = "configs/train.yaml",
         description: str = "Train the medical matting network on the final labels of the datastore "
         "(the bundle's configs/train.yaml); publishes models/model.pt",
+        allow_training: bool = False,
+        snapshot: Optional[ConfigSnapshot] = None,
     ) -> None:
-        super().__init__(description)
+        super().__init__(description if allow_training else f"{description}. DISABLED: {DISABLED}")
         self.model = model
         self.train_dir = Path(train_dir) if train_dir else model.bundle_root / "runs" / "monailabel"
         self.epochs = int(epochs)
@@ -128,6 +145,8 @@ class MattingTrainTask(TrainTask):
         self.train_overrides = dict(train_overrides or {})
         self.timeout_s = timeout_s
         self.config_file = config_file
+        self.allow_training = bool(allow_training)
+        self.snapshot = snapshot if snapshot is not None else ConfigSnapshot.for_bundle(model.bundle_root)
 
     def config(self) -> Dict[str, Any]:
         return {"epochs": self.epochs, "num_folds": self.num_folds, "fold": self.fold}
@@ -142,17 +161,34 @@ class MattingTrainTask(TrainTask):
         except (OSError, ValueError):
             return {"runs": 0}
 
-    @staticmethod
-    def _int(request: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
-        value = request.get(key, default)
-        value = value[0] if isinstance(value, (list, tuple)) and value else value
-        try:
-            value = int(value)
-        except (TypeError, ValueError) as e:
-            raise InvalidRequestError(f"training option {key} must be an integer, got {value!r}") from e
-        if value < minimum:
-            raise InvalidRequestError(f"training option {key} must be >= {minimum}, got {value}")
-        return value
+    def check_request(self, request: Mapping[str, Any], internal: tuple = ()) -> Dict[str, int]:
+        """The run's options from a request: only :data:`TRAIN_OPTIONS`, as integers in range.
+
+        Raises:
+            TrainingDisabledError: training was not enabled (``--conf allow_training true``).
+            InvalidRequestError: an unknown option, a value that is not an integer, or out of range.
+        """
+        if not self.allow_training:
+            raise TrainingDisabledError(DISABLED)
+        if not isinstance(request, Mapping):
+            raise InvalidRequestError("training options must be a JSON object")
+        unknown = sorted(str(k)[:64] for k in request if k not in TRAIN_OPTIONS and k not in internal)
+        if unknown:
+            raise InvalidRequestError(f"unknown training option(s) {unknown}; allowed: {sorted(TRAIN_OPTIONS)}")
+        options = {}
+        for key, (low, high) in TRAIN_OPTIONS.items():
+            if key not in request:
+                continue
+            value = request[key]
+            value = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+            if isinstance(value, str) and value.strip().isdigit() and value.isascii():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequestError(f"training option {key} must be an integer, got {str(value)[:64]!r}")
+            if not low <= value <= high:
+                raise InvalidRequestError(f"training option {key} must be in [{low}, {high}], got {value}")
+            options[key] = value
+        return options
 
     def training_overrides(self) -> Dict[str, Any]:
         """``monai.bundle run`` overrides of a server training run.
@@ -165,7 +201,7 @@ class MattingTrainTask(TrainTask):
         from monai.bundle import ConfigParser
 
         overrides = dict(self.model.overrides)
-        top = ConfigParser.load_config_file(str(self.model.bundle_root / self.config_file))
+        top = ConfigParser.load_config_file(str(self.snapshot.path(self.config_file)))
         for key, value in self.model.overrides.items():
             name = key.split("#", 1)[1] if key.startswith("network_def#") else None
             if name and "#" not in name and name in top:
@@ -182,9 +218,11 @@ class MattingTrainTask(TrainTask):
         logger.info(f"medical_matting: published {model_file} -> {target}")
 
     def __call__(self, request: Mapping[str, Any], datastore: Datastore) -> Dict[str, Any]:
-        epochs = self._int(request, "epochs", self._int(request, "max_epochs", self.epochs, 1), 1)
-        num_folds = self._int(request, "num_folds", self.num_folds, 2)
-        fold = self._int(request, "fold", self.fold, 0)
+        options = self.check_request(request, internal=INTERNAL_KEYS)
+        self.snapshot.verify()
+        epochs = options.get("epochs", options.get("max_epochs", self.epochs))
+        num_folds = options.get("num_folds", self.num_folds)
+        fold = options.get("fold", self.fold)
         pairs = datastore.datalist()
         if not pairs:
             raise NoTrainingLabelsError("the datastore has no final labels to train on "
@@ -202,7 +240,8 @@ class MattingTrainTask(TrainTask):
             fold = min(fold, int(json.load(f)["num_folds"]) - 1)
 
         cmd = training_command(self.model.bundle_root, dataset_dir, run_dir / "ckpt", run_dir / "eval", epochs,
-                               fold=fold, config_file=self.config_file, tracking_uri=self.tracking_uri,
+                               fold=fold, config_file=str(self.snapshot.path(self.config_file)),
+                               tracking_uri=self.tracking_uri,
                                overrides=self.training_overrides())
         logger.info(f"medical_matting training: {' '.join(cmd)}")
         start = time.time()
