@@ -45,7 +45,7 @@ from tools.benchmarks.training_speed import (
 
 __all__ = ["LEVERS", "RECOMMENDED", "SMALL", "SMALLEST", "Variant", "compare_training", "compare_augmentation", "compile_payback", "main"]
 
-#: the smaller-network settings recommended for the "ours" config (see docs/benchmarks.md)
+#: smaller-network settings recommended for training speed (see docs/benchmarks.md)
 RECOMMENDED: Dict[str, Any] = {"implicit_hidden": 32, "network_def#latent_filters": [16, 32, 64, 96]}
 #: a smaller Probabilistic U-Net on top of RECOMMENDED (about 1/3 of the default's training FLOPs)
 SMALL: Dict[str, Any] = {**RECOMMENDED, "prob_filters": [16, 32, 64, 96]}
