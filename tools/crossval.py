@@ -166,7 +166,7 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
     ])
 
     lines = ["| fold | cases | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
-    for k, values in aggregate["folds"].items():
+    for k, values in folds.items():
         lines.append(f"| {k} | {aggregate['num_cases'][k]} | " + " | ".join(_fmt(values.get(n)) for n in names) + " |")
     lines.append("| mean +/- std | | " + " | ".join(
         f"{_fmt(aggregate['mean'][n])} +/- {_fmt(aggregate['std'][n])}" for n in names) + " |")
