@@ -27,7 +27,7 @@ case "${1:-}" in
     demo)
         setup
         shift
-        exec "$PY" -m scripts.demo "$@"
+        exec "$PY" -m tools.demo "$@"
         ;;
     test)
         setup

@@ -1,20 +1,91 @@
-"""Shared test fixtures and paths."""
+"""Shared test fixtures, paths and helpers: the tiny network, the tiny config overrides, servers.
 
+Fixtures are used by name; the plain helpers (``free_port``, ``wait_until_serving``,
+``bundle_env``, ``run_bundle``, ``cli_args``) are imported with ``from conftest import ...``.
+"""
+
+from __future__ import annotations
+
+import json
 import os
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from scripts import BUNDLE_ROOT  # the bundle root is on sys.path through pytest.ini's pythonpath
+
 SHARED = Path(os.environ.get("MEDICAL_MATTING_SHARED", BUNDLE_ROOT.parent / "shared"))
 BRAIN_GROWTH_DIR = SHARED / "data" / "brain-growth"
 
-if str(BUNDLE_ROOT) not in sys.path:
-    sys.path.insert(0, str(BUNDLE_ROOT))
-
 # keep the suite predictable on the 2-core machines
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+#: constructor arguments of the tiny MedicalMattingNet of the unit tests (a forward pass in milliseconds)
+TINY_NET_ARGS: dict[str, Any] = dict(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8,
+                                     num_samples=2, sample_seed=0)
+#: the same network as config overrides (top-level keys of configs/train.yaml)
+TINY_OVERRIDES: dict[str, Any] = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8], "implicit_hidden": 8,
+                                  "num_samples": 2}
+
+
+def cli_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``{"prob_filters": [4, 8]}`` -> ``["--prob_filters", "[4, 8]"]`` (``monai.bundle run`` style)."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+def bundle_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that runs bundle code: the bundle root first on ``PYTHONPATH``."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_bundle(run_id: str, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run RUN_ID ARGS...`` from the bundle root; output captured as text.
+
+    Example::
+
+        proc = run_bundle("training", "--config_file", "configs/train.yaml", *tiny_cli_args, OMP_NUM_THREADS="1")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    """
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, *args]
+    return subprocess.run(cmd, cwd=str(BUNDLE_ROOT), env=bundle_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout_s: float, log_tail: Callable[[], str],
+                       name: str = "server") -> None:
+    """Poll ``url`` until it answers 200; fail the test with the log's tail when the server exits or times out."""
+    import requests
+
+    deadline = time.time() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"{name} did not answer {url} within {timeout_s} s:\n{log_tail()}")
+        time.sleep(1.0)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +98,40 @@ def brain_growth_dir() -> Path:
     if not (BRAIN_GROWTH_DIR / "brain_growth_alpha.zip").is_file():
         pytest.skip(f"shared Brain-growth data not found at {BRAIN_GROWTH_DIR} (../shared is absent)")
     return BRAIN_GROWTH_DIR
+
+
+@pytest.fixture
+def make_tiny_net() -> Callable[..., Any]:
+    """``make_tiny_net(**overrides)``: the tiny ``MedicalMattingNet`` (weights seeded with 0), arguments overridable.
+
+    Example::
+
+        net = make_tiny_net(num_samples=4, test_time_flips="hv").eval()
+    """
+    import torch
+
+    from scripts.networks import MedicalMattingNet
+
+    def make(**overrides: Any) -> MedicalMattingNet:
+        torch.manual_seed(0)
+        return MedicalMattingNet(**{**TINY_NET_ARGS, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def tiny_net(make_tiny_net) -> Any:
+    """The tiny ``MedicalMattingNet`` with the default tiny arguments, in eval mode."""
+    return make_tiny_net().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> dict[str, Any]:
+    """The tiny network as config overrides (``{"prob_filters": [4, 8, 8, 8], ...}``); a fresh copy per session."""
+    return json.loads(json.dumps(TINY_OVERRIDES))
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_args(tiny_overrides) -> list[str]:
+    """The tiny network as ``monai.bundle run`` arguments (``["--prob_filters", "[4, 8, 8, 8]", ...]``)."""
+    return cli_args(tiny_overrides)

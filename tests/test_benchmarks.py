@@ -1,4 +1,4 @@
-"""Smoke tests of the speed benchmarks (scripts/benchmarks): they run and write their JSON.
+"""Smoke tests of the speed benchmarks (tools/benchmarks): they run and write their JSON.
 
 Tiny networks and 1-2 iterations; no timing is asserted (timings belong in docs/benchmarks.md).
 """
@@ -8,15 +8,13 @@ import json
 import pytest
 import torch
 
-from scripts.benchmarks import levers, training_speed
+from tools.benchmarks import levers, training_speed
 
-TINY = [
-    "prob_filters=[4,8,8,8]",
-    "matting_filters=[4,4,8,8]",
-    "implicit_hidden=8",
-    "num_samples=2",
-    "network_def#convs_per_block=1",
-]
+
+@pytest.fixture
+def tiny(tiny_overrides):
+    """The tiny network with one convolution per U-Net level, as config id -> value."""
+    return {**tiny_overrides, "network_def#convs_per_block": 1}
 
 
 def test_parse_overrides_reads_yaml_values():
@@ -29,20 +27,20 @@ def test_parse_overrides_reads_yaml_values():
         training_speed.parse_overrides(["num_samples"])
 
 
-def test_build_from_config_applies_overrides():
-    parts = training_speed.build_from_config(overrides=training_speed.parse_overrides(TINY))
+def test_build_from_config_applies_overrides(tiny):
+    parts = training_speed.build_from_config(overrides=tiny)
     net = parts["network"]
     assert net.num_samples == 2 and parts["network_args"]["implicit_hidden"] == 8
     assert parts["batch_size"] == 4 and parts["augment"]["deform_prob"] == 0.5
 
 
 @pytest.mark.timeout(300)
-def test_training_speed_writes_json(tmp_path):
+def test_training_speed_writes_json(tmp_path, tiny):
     out = tmp_path / "speed.json"
-    argv = ["--iterations", "2", "--warmup", "1", "--inference-runs", "1", "--augment-images", "2",
-            "--reference-runs", "0", "--batch", "2", "--bf16", "--json", str(out)]
-    for item in TINY:
-        argv += ["--set", item]
+    argv = ["--iterations", "2", "--warmup", "1", "--inference_runs", "1", "--augment_images", "2",
+            "--reference-runs", "0", "--batch", "2", "--bf16", "--json", str(out)]  # dashed spellings still work
+    for key, value in tiny.items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]
     training_speed.main(argv)
     result = json.loads(out.read_text())
     assert result["training"]["iterations"] == 2 and len(result["training"]["wall_s"]) == 3
@@ -55,8 +53,7 @@ def test_training_speed_writes_json(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_lever_comparison_interleaves(tmp_path, monkeypatch):
-    tiny = training_speed.parse_overrides(TINY)
+def test_lever_comparison_interleaves(tmp_path, monkeypatch, tiny):
     monkeypatch.setitem(
         levers.LEVERS, "tiny:num_samples", (levers._v(tiny), levers._v({**tiny, "num_samples": 1}, threads=1))
     )

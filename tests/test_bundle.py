@@ -14,9 +14,9 @@ SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
 
 
 def test_layout():
-    for name in ("configs", "models", "scripts", "docs", "tests", "LICENSE", "README.md", ".ci/run", "requirements.txt"):
+    for name in ("configs", "models", "scripts", "tools", "docs", "tests", "LICENSE", "README.md", ".ci/run", "requirements.txt"):
         assert (BUNDLE_ROOT / name).exists(), name
-    assert (BUNDLE_ROOT / "scripts" / "__init__.py").is_file()
+    assert (BUNDLE_ROOT / "scripts" / "__init__.py").is_file() and (BUNDLE_ROOT / "tools" / "__init__.py").is_file()
     assert "Apache License" in (BUNDLE_ROOT / "LICENSE").read_text()
 
 

@@ -1,6 +1,6 @@
 """CUDA paths of the model and the losses; skipped on machines without a GPU (CI, the CPU machines).
 
-Not yet run in this project (no GPU was lent to the sessions so far). Run on a GPU machine with ``python -m pytest -q tests/test_cuda_paths.py``: the model must give the
+Run on a GPU machine with ``python -m pytest -q tests/test_cuda_paths.py``: the model must give the
 same alpha matte on CUDA as on the CPU (same weights, same prior-sample seed) and train on CUDA.
 """
 
@@ -8,21 +8,19 @@ import pytest
 import torch
 
 from scripts.losses import MedicalMattingLoss
-from scripts.networks import MedicalMattingNet
 from scripts.networks.implicit_upsampler import RegionAwareImplicitUpsampler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 
-def _tiny(**kw):
-    torch.manual_seed(0)
-    return MedicalMattingNet(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8,
-                             num_samples=4, sample_seed=3, **kw)
+@pytest.fixture
+def make_net(make_tiny_net):
+    return lambda **kw: make_tiny_net(num_samples=4, sample_seed=3, **kw)
 
 
 @pytest.mark.parametrize("upsampling", ["region_aware", "local_ensemble", "bilinear"])
-def test_cuda_predict_matches_cpu(upsampling, monkeypatch):
-    net = _tiny(upsampling=upsampling).eval()
+def test_cuda_predict_matches_cpu(upsampling, monkeypatch, make_net):
+    net = make_net(upsampling=upsampling).eval()
     with torch.no_grad():  # non-zero offsets so the deformable sampling is exercised
         for m in net.modules():
             if isinstance(m, RegionAwareImplicitUpsampler) and getattr(m, "offset_conv", None) is not None:
@@ -58,8 +56,8 @@ def test_cuda_implicit_upsampler_matches_cpu():
         assert torch.allclose(a, b, atol=1e-4), size
 
 
-def test_cuda_training_step_reduces_loss():
-    net = _tiny().cuda().train()
+def test_cuda_training_step_reduces_loss(make_net):
+    net = make_net().cuda().train()
     loss_fn = MedicalMattingLoss().cuda()
     opt = torch.optim.Adam(list(net.parameters()) + list(loss_fn.parameters()), lr=1e-2)
     torch.manual_seed(1)

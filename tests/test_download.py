@@ -128,7 +128,7 @@ def test_prepare_from_file_url_and_cli(tmp_path, capsys):
     assert rc == 1 and "sha256 mismatch" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
-    rc = main(["--dataset", "lidc", "--source", src.as_uri(), "--source-sha256", digest,
+    rc = main(["--dataset", "lidc", "--source", src.as_uri(), "--source_sha256", digest,
                "--out", str(tmp_path / "cli"), "--folds", "2"])
     assert rc == 0 and "cases          4" in capsys.readouterr().out
 

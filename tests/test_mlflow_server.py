@@ -13,35 +13,26 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed")
-requests = pytest.importorskip("requests")
+from conftest import BUNDLE_ROOT, free_port, run_bundle, wait_until_serving
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed")
+pytest.importorskip("requests")
+
 CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 STARTUP_TIMEOUT_S = 150
 EPOCHS = 2
-TINY = ["--prob_filters", "[4,8,8,8]", "--matting_filters", "[4,8,8,8]", "--implicit_hidden", "8",
-        "--batch_size", "2"]
 
 pytestmark = [
     pytest.mark.timeout(480),
     pytest.mark.skipif(not (BUNDLE_ROOT / "configs" / "evaluate.yaml").is_file(),
                        reason="configs/evaluate.yaml not present"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _mlflow_command() -> list:
@@ -52,7 +43,7 @@ def _mlflow_command() -> list:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
     cmd = _mlflow_command() + [
@@ -64,18 +55,8 @@ def mlflow_server(tmp_path_factory):
     proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.time() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"mlflow server not up within {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1.0)
+        wait_until_serving(proc, f"{url}/health", STARTUP_TIMEOUT_S, lambda: log_path.read_text()[-3000:],
+                           name="mlflow server")
         yield {"url": url, "root": root, "artifacts": root / "artifacts", "proc": proc}
     finally:
         if proc.poll() is None:
@@ -88,7 +69,7 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_server, tmp_path):
+def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_server, tmp_path, tiny_cli_args):
     from mlflow.tracking import MlflowClient
     from PIL import Image
 
@@ -96,12 +77,10 @@ def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_
 
     dataset = prepare_dataset("phantom", tmp_path / "phantom", num_cases=6, folds=3)
     out = tmp_path / "fold0"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "train_evaluate", "--config_file", CONFIGS,
-           "--bundle_root", str(BUNDLE_ROOT), "--dataset_dir", str(dataset), "--fold", "0",
-           "--epochs", str(EPOCHS), "--ckpt_dir", str(out / "ckpt"), "--output_dir", str(out / "eval"),
-           "--progress_bar", "false", "--tracking", "mlflow", "--tracking_uri", mlflow_server["url"], *TINY]
-    run = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), capture_output=True, text=True, timeout=360,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": ""})
+    run = run_bundle("train_evaluate", "--config_file", CONFIGS, "--bundle_root", str(BUNDLE_ROOT),
+                     "--dataset_dir", str(dataset), "--fold", "0", "--epochs", str(EPOCHS), "--ckpt_dir", str(out / "ckpt"), "--output_dir", str(out / "eval"),
+                     "--progress_bar", "false", "--tracking", "mlflow", "--tracking_uri", mlflow_server["url"],
+                     *tiny_cli_args, "--batch_size", "2", timeout=360, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI="")
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     # the tracking_uri override took effect: nothing went to the default local store in output_dir
     assert not (out / "eval" / "mlruns.db").exists() and not (out / "eval" / "mlruns").exists()

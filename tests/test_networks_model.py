@@ -209,7 +209,7 @@ def test_model_sampling_positions_other_output_size_and_scales_1():
 def test_network_cost_benchmark_smoke(tmp_path):
     import json
 
-    from scripts.benchmarks import network_cost
+    from tools.benchmarks import network_cost
 
     override = json.dumps({"prob_filters": [4, 8, 8], "matting_filters": [4, 8, 8], "implicit_hidden": 4, "num_samples": 2})
     rows = network_cost.main(

@@ -308,15 +308,15 @@ def test_split_folds_and_datalist_errors(tmp_path):
 
 
 def test_cli_prints_summary(tmp_path, capsys):
-    rc = main(["--dataset", "phantom", "--preset", "brain-growth", "--num-cases", "6", "--folds", "4",
+    rc = main(["--dataset", "phantom", "--preset", "brain-growth", "--num_cases", "6", "--folds", "4",
                "--seed", "3", "--out", str(tmp_path / "ph")])
     text = capsys.readouterr().out
     assert rc == 0
     for expected in ("cases          6", "folds          4: sizes [2, 2, 1, 1]", "(128, 128)", "raters         7",
                      "alpha range    0 .. 255", "trimap unknown"):
         assert expected in text
-    rc = main(["--dataset", "phantom", "--num-cases", "6", "--out", str(tmp_path / "ph")])
+    rc = main(["--dataset", "phantom", "--num_cases", "6", "--out", str(tmp_path / "ph")])
     assert rc == 1 and "--overwrite" in capsys.readouterr().err
-    rc = main(["--dataset", "phantom", "--num-cases", "3", "--folds", "4", "--out", str(tmp_path / "few")])
+    rc = main(["--dataset", "phantom", "--num-cases", "3", "--folds", "4", "--out", str(tmp_path / "few")])  # old spelling
     assert rc == 1 and "4 folds need at least 4 cases" in capsys.readouterr().err
     assert not (tmp_path / "few").exists()

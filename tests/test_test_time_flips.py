@@ -8,21 +8,20 @@ from scripts.networks.test_time_flips import predict_with_flips
 from scripts.networks.uncertainty import binary_entropy_uncertainty
 
 
-def _net(flips="none"):
-    torch.manual_seed(0)
-    return MedicalMattingNet(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8,
-                             num_samples=3, sample_seed=1, test_time_flips=flips).eval()
+@pytest.fixture
+def make_net(make_tiny_net):
+    return lambda flips="none": make_tiny_net(num_samples=3, sample_seed=1, test_time_flips=flips).eval()
 
 
-def test_none_is_one_view():
-    net, image = _net(), torch.rand(2, 1, 16, 16)
+def test_none_is_one_view(make_net):
+    net, image = make_net(), torch.rand(2, 1, 16, 16)
     a, b = net.predict(image, flips="none"), net._predict_view(image)
     for key in ("alpha", "uncertainty", "sample_probs"):
         assert torch.equal(a[key], b[key])
 
 
-def test_hv_is_the_mean_of_the_unflipped_views():
-    net, image = _net(), torch.rand(2, 1, 16, 12)
+def test_hv_is_the_mean_of_the_unflipped_views(make_net):
+    net, image = make_net(), torch.rand(2, 1, 16, 12)
     out = net.predict(image, flips="hv")
     views = [((), net.predict(image))] + [(d, net.predict(image.flip(d))) for d in [(3,), (2,), (2, 3)]]
     expected = torch.stack([o["alpha"].flip(d) if d else o["alpha"] for d, o in views]).mean(0)
@@ -32,9 +31,9 @@ def test_hv_is_the_mean_of_the_unflipped_views():
     assert out["alpha"].min() >= 0 and out["alpha"].max() <= 1
 
 
-def test_the_constructor_setting_is_the_default_of_predict_and_forward():
+def test_the_constructor_setting_is_the_default_of_predict_and_forward(make_net):
     image = torch.rand(1, 1, 16, 16)
-    net_hv = _net("hv")
+    net_hv = make_net("hv")
     with torch.no_grad():
         assert torch.equal(net_hv.predict(image)["alpha"], net_hv.predict(image, flips="hv")["alpha"])
         assert torch.equal(net_hv(image), net_hv.predict(image, flips="hv")["alpha"])
@@ -51,8 +50,8 @@ def test_flip_equivariant_model_is_unchanged_by_flips():
     assert torch.allclose(out["alpha"], image)
 
 
-def test_output_size_and_bad_option():
-    net, image = _net(), torch.rand(1, 1, 16, 16)
+def test_output_size_and_bad_option(make_net):
+    net, image = make_net(), torch.rand(1, 1, 16, 16)
     out = net.predict(image, output_size=(24, 20), flips="h")
     assert out["alpha"].shape == (1, 1, 24, 20) and out["uncertainty"].shape == (1, 1, 24, 20)
     with pytest.raises(ValueError, match="flips"):

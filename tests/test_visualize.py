@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.networks import MedicalMattingNet
-from scripts.visualize import learned_sampling_positions, save_fold_figure, save_offset_figure
+from scripts.handlers.fold_figure import save_fold_figure
+from tools.visualize import learned_sampling_positions, save_offset_figure
 
 
 def _rows(n: int, size: int = 32, rgb: bool = False):
@@ -87,11 +87,8 @@ def test_offset_figure_draws_red_sampling_points(tmp_path):
         save_offset_figure(image, queries[:, :1], positions, tmp_path / "bad.png")
 
 
-def test_learned_sampling_positions_of_a_network(tmp_path):
-    torch.manual_seed(0)
-    net = MedicalMattingNet(
-        prob_filters=[4, 8, 8, 8], matting_filters=[4, 8, 8, 8], implicit_hidden=8, num_samples=2, sample_seed=0
-    ).eval()
+def test_learned_sampling_positions_of_a_network(tmp_path, tiny_net):
+    net = tiny_net
     image = torch.rand(1, 1, 32, 32)
     queries = torch.tensor([[9, 9], [16, 21]])
     pos, grid = learned_sampling_positions(net, image, queries)

@@ -174,7 +174,7 @@ def test_evaluation_writes_predictions_metrics_figure_and_tracks_them(trained):
 
 def test_crossval_runs_folds_resumes_reports_failures_and_aggregates(phantom, tmp_path):
     out = tmp_path / "cv"
-    base = [sys.executable, "-m", "scripts.crossval", "--dataset_dir", str(phantom), "--output_dir", str(out),
+    base = [sys.executable, "-m", "tools.crossval", "--dataset_dir", str(phantom), "--output_dir", str(out),
             "--folds", "0", "1", "--quiet", "--tracking", "mlflow", "--epochs", "1", *TINY]
     proc = subprocess.run(base, cwd=BUNDLE_ROOT, env=_env(), capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -216,7 +216,7 @@ def test_crossval_runs_folds_resumes_reports_failures_and_aggregates(phantom, tm
 
 def test_crossval_runs_folds_in_parallel_processes(phantom, tmp_path):
     out = tmp_path / "cv_parallel"
-    cmd = [sys.executable, "-m", "scripts.crossval", "--dataset_dir", str(phantom), "--output_dir", str(out),
+    cmd = [sys.executable, "-m", "tools.crossval", "--dataset_dir", str(phantom), "--output_dir", str(out),
            "--folds", "2", "3", "--jobs", "2", "--quiet", "--epochs", "1", *TINY]
     start = time.time()
     proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=_env(), capture_output=True, text=True, timeout=280)

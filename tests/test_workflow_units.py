@@ -13,7 +13,7 @@ import yaml
 from ignite.engine import Engine, Events
 from PIL import Image
 
-from scripts.workflows.inference import MattingInferer
+from scripts import BUNDLE_ROOT
 from scripts.data.transforms import (
     CheckMattingSampled,
     matting_augment_transforms,
@@ -23,11 +23,11 @@ from scripts.data.transforms import (
 from scripts.handlers.checkpoint import TrainingCheckpointHandler, find_checkpoints, latest_checkpoint, save_atomic
 from scripts.handlers.metrics_writer import MattingMetricsWriter, summarize_values
 from scripts.handlers.mlflow_run import MLflowRunHandler, flatten_params
-from scripts.workflows.crossval import aggregate_folds, fold_command, write_aggregate
 from scripts.workflows.engines import MattingEvaluator, MattingTrainer, loss_averages, output_scalar
 from scripts.workflows.splits import fold_split
+from scripts.workflows.inference import MattingInferer
+from tools.crossval import aggregate_folds, fold_command, write_aggregate
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("image", "alpha", "masks", "trimap")
 
 
@@ -172,7 +172,8 @@ def _batches(n: int = 2, b: int = 2, k: int = 3):
 
 
 def test_trainer_draws_pseudo_ground_truth_and_averages_losses():
-    from scripts.losses import MedicalMattingLoss
+    from scripts.workflows.inference import MattingInferer
+from scripts.losses import MedicalMattingLoss
 
     net, loss = _TinyMattingNet(), MedicalMattingLoss()
     opt = torch.optim.Adam(list(net.parameters()) + list(loss.parameters()), lr=1e-2)
@@ -302,7 +303,8 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
     # a temporary file left by a killed process is removed at the next start
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / ".checkpoint_checkpoint_epoch=2.pt.abc.tmp").write_bytes(b"x")
+    (run_dir / ".checkpoint_epoch=2.pt.abc.tmp").write_bytes(b"x")
+    (run_dir / ".model.pt.abc.tmp").write_bytes(b"x")
     _toy_training(run_dir, 1)[0].run([torch.ones(1, 2)], max_epochs=1)
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
 

@@ -181,19 +181,20 @@ def prepare_dataset(dataset: str, out: str | PathLike, source: str | PathLike | 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m scripts.prepare_data",
-        description="Convert a matting dataset (or synthesise phantoms) into per-case PNGs plus datalist.json.",
+        description="Convert a matting dataset (or synthesise phantoms) into per-case PNGs plus datalist.json. "
+        "Options are spelt with underscores (--num_cases); the dashed spellings (--num-cases) are accepted too.",
     )
     p.add_argument("--dataset", required=True, choices=sorted(DATASET_SPECS))
     p.add_argument("--source", help="pickle (.pkl or .zip holding it): path or URL (brain-growth: published zip)")
     p.add_argument("--trimaps", help="trimap PNGs (.zip or folder): path or URL (brain-growth: published zip; "
                                      "lidc/isic: derived when absent)")
-    p.add_argument("--source-sha256", help="pinned sha256 of --source (required for a URL)")
-    p.add_argument("--trimaps-sha256", help="pinned sha256 of --trimaps (required for a URL)")
+    p.add_argument("--source_sha256", "--source-sha256", help="pinned sha256 of --source (required for a URL)")
+    p.add_argument("--trimaps_sha256", "--trimaps-sha256", help="pinned sha256 of --trimaps (required for a URL)")
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--folds", type=int, default=4, help="number of cross-validation folds (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the phantoms (default 0)")
-    p.add_argument("--num-cases", type=int, help=f"phantom: cases to synthesise (default {DEFAULT_PHANTOM_CASES}); "
-                                                 "real data: keep the first N cases")
+    p.add_argument("--num_cases", "--num-cases", type=int,
+                   help=f"phantom: cases to synthesise (default {DEFAULT_PHANTOM_CASES}); real data: keep the first N cases")
     p.add_argument("--preset", default="brain-growth", choices=sorted(PHANTOM_PRESETS),
                    help="phantom preset (default brain-growth)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at --out")

@@ -55,8 +55,8 @@ def fetch_source(source: str | PathLike, download_dir: str | PathLike, sha256: s
         from monai.apps.utils import HashCheckError, download_url  # lazy: monai is slow to import
 
         if not sha256:
-            raise DatasetSourceError(f"{source_str}: a URL source needs a pinned sha256 (pass --source-sha256 "
-                                     "/ --trimaps-sha256)")
+            raise DatasetSourceError(f"{source_str}: a URL source needs a pinned sha256 (pass --source_sha256 "
+                                     "/ --trimaps_sha256)")
         name = PurePosixPath(unquote(urlparse(source_str).path)).name or "download"
         target = Path(download_dir) / name
         target.parent.mkdir(parents=True, exist_ok=True)

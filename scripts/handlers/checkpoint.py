@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.atomic import atomic_write
+
 __all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "latest_checkpoint", "save_atomic"]
 
 #: file names of the training checkpoints (the epoch number after ``=``)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
-_TMP_PREFIX = ".checkpoint_"
-_TMP_SUFFIX = ".tmp"
 #: attributes of learning-rate schedulers that describe the planned schedule, not its progress
 _SCHEDULE_LENGTH_ATTRS = ("t_total", "warmup_steps", "T_max", "total_iters", "total_steps")
 
@@ -77,32 +76,12 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to a temporary file next to ``path``, ``fsync``, then ``os.replace`` onto ``path``.
+    """``torch.save(obj)`` to ``path`` atomically (:func:`scripts.atomic.atomic_write`).
 
-    Readers never see a half-written file; a crash leaves at most a ``.checkpoint_*.tmp`` file that
-    :class:`TrainingCheckpointHandler` removes at its next start.
+    Readers never see a half-written file; a crash leaves at most a hidden ``.<name>.<hex>.tmp``
+    file that :class:`TrainingCheckpointHandler` removes at its next start.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f"{_TMP_PREFIX}{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _state_of(obj: Any) -> Any:
@@ -186,8 +165,11 @@ class TrainingCheckpointHandler:
     # ------------------------------------------------------------------ resume
     def _remove_stale_tmp(self) -> None:
         if self.ckpt_dir.is_dir():
-            for path in self.ckpt_dir.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
-                path.unlink(missing_ok=True)
+            # the temporary names atomic_write gives the checkpoints and the final file
+            patterns = [".checkpoint_epoch=*.pt.*.tmp"] + ([f".{self.final_filename}.*.tmp"] if self.final_filename else [])
+            for pattern in patterns:
+                for path in self.ckpt_dir.glob(pattern):
+                    path.unlink(missing_ok=True)
 
     def load(self, engine: Engine) -> None:
         """Restore the newest checkpoint of ``ckpt_dir`` into ``save_dict`` and the engine (if any)."""

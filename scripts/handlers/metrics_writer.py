@@ -18,11 +18,8 @@ workflows do not keep (``set_track_meta(False)`` for speed), hence this handler.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,31 +30,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts.atomic import write_text_atomic
+from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
-__all__ = ["MattingMetricsWriter", "summarize_values", "write_text_atomic"]
-
-
-def summarize_values(values: Sequence[float]) -> dict[str, float | int]:
-    """``{"mean", "std", "min", "max", "n"}`` of the finite values (NaN statistics when there are none).
-
-    Example::
-
-        summarize_values([1.0, 3.0])  # {'mean': 2.0, 'std': 1.0, 'min': 1.0, 'max': 3.0, 'n': 2}
-    """
-    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if arr.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
-    return {
-        "mean": float(arr.mean()),
-        "std": float(arr.std()),
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "n": int(arr.size),
-    }
-
-
-def _json_value(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+__all__ = ["MattingMetricsWriter", "summarize_values"]
 
 
 def _cases_of(output: Any, case_key: str) -> list[str]:
@@ -145,25 +120,15 @@ class MattingMetricsWriter:
         stats = {name: summarize_values(columns[name]) for name in names}
         self.summary = {**self.info, "num_cases": n, "metrics": stats}
 
-        json_rows = [{k: (_json_value(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+        json_rows = [{k: json_number(v) for k, v in row.items()} for row in rows]
         write_text_atomic(self.path("metrics_per_case.json"), json.dumps(json_rows, indent=1) + "\n")
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["case", *names])
-        for row in rows:
-            writer.writerow([row["case"], *(repr(row[name]) for name in names)])
-        write_text_atomic(self.path("metrics_per_case.csv"), buf.getvalue())
-
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["metric", "mean", "std", "min", "max", "n"])
-        for name, s in stats.items():
-            writer.writerow([name, repr(s["mean"]), repr(s["std"]), repr(s["min"]), repr(s["max"]), s["n"]])
-        write_text_atomic(self.path("metrics.csv"), buf.getvalue())
+        write_csv_atomic(self.path("metrics_per_case.csv"), ["case", *names],
+                         ([row["case"], *(row[name] for name in names)] for row in rows))
+        write_csv_atomic(self.path("metrics.csv"), ["metric", "mean", "std", "min", "max", "n"],
+                         ([name, s["mean"], s["std"], s["min"], s["max"], s["n"]] for name, s in stats.items()))
         json_summary = {
             **self.summary,
-            "metrics": {name: {k: (_json_value(v) if isinstance(v, float) else v) for k, v in s.items()}
-                        for name, s in stats.items()},
+            "metrics": {name: {k: json_number(v) for k, v in s.items()} for name, s in stats.items()},
         }
         write_text_atomic(self.path("metrics.json"), json.dumps(json_summary, indent=1) + "\n")
         self.logger.info(f"wrote per-case and summary metrics of {n} cases to {self.output_dir}")

@@ -1,11 +1,11 @@
-"""Training-speed benchmark of the bundle's real training step on 128 x 128 batches (issue 5).
+"""Training-speed benchmark of the bundle's real training step on 128 x 128 batches.
 
 Usage::
 
-    OMP_NUM_THREADS=2 python -m scripts.benchmarks.training_speed --iterations 20 --warmup 3 \\
+    OMP_NUM_THREADS=2 python -m tools.benchmarks.training_speed --iterations 20 --warmup 3 \\
         --json speed.json [--threads 2] [--bf16] [--compile] [--set prob_filters=[16,32,64,96] ...]
 
-What it measures (one configuration per run; ``scripts.benchmarks.levers`` compares two):
+What it measures (one configuration per run; ``tools.benchmarks.levers`` compares two):
 
 - **training throughput**: the network, loss, optimiser and augmentation settings come from
   ``configs/train.yaml`` (``--config``; ``--set ID=VALUE`` overrides any config id, e.g.
@@ -16,7 +16,7 @@ What it measures (one configuration per run; ``scripts.benchmarks.levers`` compa
   ``ITERATION_STARTED`` and ``ITERATION_COMPLETED`` events; the medians after ``--warmup``
   iterations are reported, and images/s = batch / median wall time;
 - **inference latency** of one 128 x 128 image: ``model.predict`` in eval mode without gradients,
-  batch 1, the config's number of Prob. U-Net samples (median of ``--inference-runs``);
+  batch 1, the config's number of Prob. U-Net samples (median of ``--inference_runs``);
 - **FLOPs** of one training step and of one inference, from ``torch.utils.flop_counter.FlopCounterMode``
   (multiply-adds of convolutions / linear layers / matmuls counted as 2 FLOPs, forward and backward;
   interpolation, grid_sample, pooling and element-wise work are not counted), and the achieved
@@ -40,8 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -53,10 +51,11 @@ import numpy as np
 import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
-from scripts.provenance import cpu_model, git_commit
+
+from scripts import BUNDLE_ROOT
+from tools import provenance
 
 __all__ = [
-    "BUNDLE_ROOT",
     "DEFAULT_CONFIG",
     "StepTimer",
     "parse_overrides",
@@ -74,7 +73,6 @@ __all__ = [
     "main",
 ]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = BUNDLE_ROOT / "configs" / "train.yaml"
 
 
@@ -404,28 +402,11 @@ def bf16_check(parts: dict, batch: dict, seed: int = 0) -> Dict[str, Any]:
 
 
 def machine_info() -> Dict[str, Any]:
-    """Platform, CPU model, cores, torch threads, library versions, commit and load average."""
+    """:func:`tools.provenance.machine_info` plus the torch / MONAI versions and the commit."""
     import monai
 
-    cpu = cpu_model()
-    commit = git_commit(dirty_flag=False)
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "platform": platform.platform(),
-        "cpu_model": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "commit": commit,
-        "load_average": load,
-    }
+    return {**provenance.machine_info(), "torch": torch.__version__, "monai": monai.__version__,
+            "commit": provenance.git_commit(dirty_flag=False)}
 
 
 def peak_rss_mib() -> float:
@@ -443,17 +424,17 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations (default 3)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--interop-threads", type=int, default=None, help="torch.set_num_interop_threads")
+    parser.add_argument("--interop_threads", "--interop-threads", type=int, default=None, help="torch.set_num_interop_threads")
     parser.add_argument("--channels_last", dest="channels_last", action="store_true", default=None,
                         help="network in channels-last format (the network's default)")
-    parser.add_argument("--no-channels_last", dest="channels_last", action="store_false",
+    parser.add_argument("--no_channels_last", "--no-channels_last", dest="channels_last", action="store_false",
                         help="network in the default contiguous (NCHW) format")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast('cpu', dtype=torch.bfloat16)")
     parser.add_argument("--compile", action="store_true", help="torch.compile forward_train and predict")
-    parser.add_argument("--inference-runs", type=int, default=10, help="timed predict calls (default 10)")
-    parser.add_argument("--augment-images", type=int, default=40, help="images for the augmentation timing")
-    parser.add_argument("--reference-runs", type=int, default=5, help="runs of the reference conv / matmul (0 skips)")
-    parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
+    parser.add_argument("--inference_runs", "--inference-runs", type=int, default=10, help="timed predict calls (default 10)")
+    parser.add_argument("--augment_images", "--augment-images", type=int, default=40, help="images for the augmentation timing")
+    parser.add_argument("--reference_runs", "--reference-runs", type=int, default=5, help="runs of the reference conv / matmul (0 skips)")
+    parser.add_argument("--skip_flops", "--skip-flops", action="store_true", help="do not count FLOPs")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -469,7 +450,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     batch_size = args.batch or parts["batch_size"]
     network = parts["network"]
     result: Dict[str, Any] = {
-        "command": "python -m scripts.benchmarks.training_speed " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m tools.benchmarks.training_speed " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "config": str(args.config),
         "overrides": overrides,
@@ -523,7 +504,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.bf16:
         result["bf16_check"] = bf16_check(parts, batches[0])
     result["peak_rss_mib"] = peak_rss_mib()
-    result["machine"]["load_average_at_end"] = machine_info()["load_average"]
+    result["machine"]["load_average_at_end"] = provenance.load_average()
 
     _print_table(result)
     if args.json is not None:
@@ -536,7 +517,7 @@ def _print_table(r: dict) -> None:
     m, t, i = r["machine"], r["training"], r["inference"]
     rows = [
         ("commit", m["commit"]),
-        ("machine", f"{m['cpu_model']}, {m['cores']} cores, {m['torch_threads']} torch threads, load {m['load_average']}"),
+        ("machine", f"{m['cpu']}, {m['logical_cpus']} cores, {m['torch_threads']} torch threads, load {m['load_average']}"),
         ("torch / monai", f"{m['torch']} / {m['monai']}"),
         ("parameters", f"{r['params'] / 1e6:.3f} M"),
         ("training step (batch %d), wall median" % r["batch_size"],

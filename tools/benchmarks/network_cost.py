@@ -2,7 +2,7 @@
 
 Usage::
 
-    OMP_NUM_THREADS=2 python -m scripts.benchmarks.network_cost --runs 5 --warmup 2 --markdown
+    OMP_NUM_THREADS=2 python -m tools.benchmarks.network_cost --runs 5 --warmup 2 --markdown
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: it counts multiply-adds as 2 FLOPs for
 the matrix operations it knows (convolutions, linear layers, matmuls, including their backward
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -31,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from scripts.networks import MedicalMattingNet
+from tools import provenance
 
 __all__ = ["VARIANTS", "count_parameters", "count_flops", "time_train_step", "main"]
 
@@ -103,25 +102,6 @@ def time_train_step(model: MedicalMattingNet, size: int, batch: int, runs: int, 
     }
 
 
-def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def _load_average() -> Optional[List[float]]:
-    try:
-        import os
-
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def main(argv: Optional[List[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
@@ -129,9 +109,9 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     parser.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--in-channels", type=int, default=1)
+    parser.add_argument("--in_channels", "--in-channels", type=int, default=1)
     parser.add_argument("--variants", default="all", help="comma-separated names from VARIANTS, or 'all'")
-    parser.add_argument("--no-time", action="store_true", help="only parameters and FLOPs")
+    parser.add_argument("--no_time", "--no-time", action="store_true", help="only parameters and FLOPs")
     parser.add_argument("--override", default="{}", help="JSON dict of extra MedicalMattingNet arguments")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -145,10 +125,10 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     header = {
-        "commit": _git_commit(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "commit": provenance.git_commit(dirty_flag=False),
+        "machine": f"{provenance.cpu_model()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
-        "load_average_at_start": _load_average(),
+        "load_average_at_start": provenance.load_average(),
     }
     print(json.dumps(header))
     results = []
@@ -169,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
             row["time"] = time_train_step(model, args.size, args.batch, args.runs, args.warmup)
         results.append(row)
         print(json.dumps(row))
-    header["load_average_at_end"] = _load_average()
+    header["load_average_at_end"] = provenance.load_average()
     print(json.dumps({"load_average_at_end": header["load_average_at_end"]}))
     if args.json is not None:
         args.json.write_text(json.dumps({"header": header, "args": vars(args) | {"json": str(args.json)}, "results": results}, indent=1))

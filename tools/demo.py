@@ -1,4 +1,4 @@
-"""``python -m scripts.demo`` (``bash run.sh demo``): the README's main job, in a few minutes on 2 CPU cores.
+"""``python -m tools.demo`` (``bash run.sh demo``): the README's main job, in a few minutes on 2 CPU cores.
 
 1. prepares the phantom dataset into ``data/phantom`` (skipped when its ``datalist.json`` exists);
 2. trains fold 0 with a short schedule and a small network (``DEMO_OVERRIDES``), resuming from
@@ -6,8 +6,8 @@
    test fold -- one ``python -m monai.bundle run train_evaluate`` with ``--tracking mlflow``;
 3. prints the test metrics and where the metrics, predictions, figure and MLflow run are.
 
-The short schedule is a smoke run of the whole product, not the paper's recipe (100 epochs at
-learning rate 5e-5: ``configs/train.yaml``); the figure shows what a few minutes of training give.
+The short schedule is a smoke run of the whole product, not the bundle's training schedule
+(``configs/train.yaml``); the figure shows what a few minutes of training give.
 
 Options: ``--data DIR``, ``--output_dir DIR``, ``--ckpt_dir DIR``, ``--epochs N``, ``--fresh`` (delete
 the demo's previous checkpoints and outputs first), and any ``--key value`` bundle override.
@@ -26,9 +26,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from scripts import BUNDLE_ROOT
 
-#: the demo's schedule and network (the paper's settings are the defaults of configs/train.yaml)
+#: the demo's short schedule and small network (the full-size defaults are in configs/train.yaml)
 DEMO_OVERRIDES = {
     "epochs": "30",
     "learning_rate": "0.001",
@@ -50,7 +50,7 @@ def prepare_phantom(data_dir: Path, num_cases: int = DEMO_CASES) -> None:
         return
     print(f"[demo] preparing the phantom dataset ({num_cases} cases) in {data_dir}", flush=True)
     cmd = [sys.executable, "-m", "scripts.prepare_data", "--dataset", "phantom",
-           "--num-cases", str(num_cases), "--out", str(data_dir)]
+           "--num_cases", str(num_cases), "--out", str(data_dir)]
     subprocess.run(cmd, cwd=str(BUNDLE_ROOT), check=True)
 
 
@@ -64,7 +64,7 @@ def _print_metrics(metrics_path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(BUNDLE_ROOT / "data" / "phantom"), help="phantom dataset folder")
     parser.add_argument("--output_dir", default=str(BUNDLE_ROOT / "eval" / "demo"))
     parser.add_argument("--ckpt_dir", default=str(BUNDLE_ROOT / "eval" / "demo" / "models"))

@@ -8,8 +8,8 @@ folder and prints the totals (each epoch's wall time, each checkpoint save, per-
 
 Example::
 
-    python -m scripts.workflows.profile_training --dataset_dir data/brain-growth --fold 0 --epochs 3
-    python -m scripts.workflows.profile_training --dataset_dir data/phantom --epochs 2 --batch_size 8
+    python -m tools.benchmarks.profile_training --dataset_dir data/brain-growth --fold 0 --epochs 3
+    python -m tools.benchmarks.profile_training --dataset_dir data/phantom --epochs 2 --batch_size 8
 
 Other ``--key value`` arguments override the config like on the bundle command line (values are
 parsed as YAML: ``--prob_filters [8,16,32]``).
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from tools.provenance import load_average
 
 __all__ = ["profile_training", "main"]
 
@@ -108,7 +109,7 @@ def profile_training(
         "handlers_s": round(float(total if isinstance(total, (int, float)) else 0.0), 3),
         "handlers": dict(sorted(handlers.items(), key=lambda kv: -kv[1])),
         "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()),
+        "load_average": load_average(),
     }
 
 
@@ -126,7 +127,7 @@ def _timed(func: Any, times: list) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m scripts.workflows.profile_training", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks.profile_training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config_file", default="configs/train.yaml", help="config file(s), comma separated")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")

@@ -1,13 +1,13 @@
-"""Interleaved A/B comparisons of training-speed levers (issue 5) with the real trainer iteration.
+"""Interleaved A/B comparisons of training-speed levers with the real trainer iteration.
 
 Usage::
 
-    OMP_NUM_THREADS=2 python -m scripts.benchmarks.levers --rounds 4 --iterations 2 \\
+    OMP_NUM_THREADS=2 python -m tools.benchmarks.levers --rounds 4 --iterations 2 \\
         --levers channels_last,bf16,threads --json levers.json --markdown
-    OMP_NUM_THREADS=2 python -m scripts.benchmarks.levers --levers compile --compile-iterations 6
+    OMP_NUM_THREADS=2 python -m tools.benchmarks.levers --levers compile --compile_iterations 6
 
 On a machine shared with other processes absolute times drift with the load, so each lever builds
-its A and B trainers (``scripts.benchmarks.training_speed.make_trainer`` from ``configs/train.yaml``
+its A and B trainers (``tools.benchmarks.training_speed.make_trainer`` from ``configs/train.yaml``
 plus the lever's overrides) in one process and alternates them: round r runs ``--iterations``
 training iterations of A then of B (B then A on odd rounds). Each round gives a B / A ratio of the
 median wall time and of the median process CPU time (``time.process_time``, less sensitive to other
@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from scripts.benchmarks.training_speed import (
+from tools import provenance
+from tools.benchmarks.training_speed import (
     DEFAULT_CONFIG,
     augmentation_time,
     build_from_config,
@@ -44,7 +45,7 @@ from scripts.benchmarks.training_speed import (
 
 __all__ = ["LEVERS", "RECOMMENDED", "SMALL", "SMALLEST", "Variant", "compare_training", "compare_augmentation", "compile_payback", "main"]
 
-#: the smaller-network settings recommended for the "ours" config (see docs/benchmarks.md)
+#: smaller-network settings recommended for training speed (see docs/benchmarks.md)
 RECOMMENDED: Dict[str, Any] = {"implicit_hidden": 32, "network_def#latent_filters": [16, 32, 64, 96]}
 #: a smaller Probabilistic U-Net on top of RECOMMENDED (about 1/3 of the default's training FLOPs)
 SMALL: Dict[str, Any] = {**RECOMMENDED, "prob_filters": [16, 32, 64, 96]}
@@ -186,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=4, help="A/B rounds (default 4)")
     parser.add_argument("--iterations", type=int, default=2, help="training iterations per side and round (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per side before the rounds")
-    parser.add_argument("--compile-iterations", type=int, default=6, help="interleaved steady-state steps of the compile lever")
+    parser.add_argument("--compile_iterations", "--compile-iterations", type=int, default=6, help="interleaved steady-state steps of the compile lever")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for A (and B unless the lever sets it)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--json", type=Path, default=None)
@@ -199,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if unknown:
         parser.error(f"unknown levers {unknown}; choose from {list(LEVERS) + ['compile']}")
     result: Dict[str, Any] = {
-        "command": "python -m scripts.benchmarks.levers " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m tools.benchmarks.levers " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "levers": {},
     }
@@ -219,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=1))
-    result["machine"]["load_average_at_end"] = machine_info()["load_average"]
+    result["machine"]["load_average_at_end"] = provenance.load_average()
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
     if args.markdown:

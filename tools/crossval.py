@@ -1,4 +1,4 @@
-"""Cross-validation: train and evaluate every fold one after another, resume, and aggregate.
+"""``python -m tools.crossval``: train and evaluate every fold, resume, and aggregate (docs/workflows.md).
 
 Each fold runs the ``train_evaluate`` target of ``configs/train.yaml`` + ``configs/evaluate.yaml``
 in its own ``python -m monai.bundle run`` process (a failing or crashing fold cannot take the
@@ -21,17 +21,14 @@ cross-validation (tag ``cv_id`` on all of them); the parent run gets the aggrega
 
 Example::
 
-    python -m scripts.crossval --dataset_dir data/phantom --output_dir eval/cv --epochs 20
+    python -m tools.crossval --dataset_dir data/phantom --output_dir eval/cv --epochs 20
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -43,11 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
+from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
 __all__ = ["DEFAULT_CONFIG_FILES", "fold_command", "aggregate_folds", "write_aggregate", "run_crossval", "main"]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
 PER_CASE_FILE = "metrics_per_case.json"
@@ -98,17 +96,10 @@ def _ordered(names: Sequence[str]) -> list[str]:
     return first + [n for n in names if n not in first]
 
 
-def _finite(values: Sequence[float | None]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
-def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    vals = _finite(values)
-    if not vals:
-        return None, None
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-    return mean, std
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and population standard deviation of the finite values (``None`` when there are none)."""
+    stats = summarize_values(values)
+    return json_number(stats["mean"]), json_number(stats["std"])
 
 
 def aggregate_folds(output_dir: str | os.PathLike, folds: Sequence[int]) -> dict[str, Any]:
@@ -139,8 +130,8 @@ def aggregate_folds(output_dir: str | os.PathLike, folds: Sequence[int]) -> dict
     names = _ordered(names)
     mean, std, pooled = {}, {}, {}
     for name in names:
-        mean[name], std[name] = _stats([per_fold[k].get(name) for k in per_fold])
-        pooled[name], _ = _stats([row.get(name) for row in per_case])
+        mean[name], std[name] = _mean_std([per_fold[k].get(name) for k in per_fold])
+        pooled[name], _ = _mean_std([row.get(name) for row in per_case])
     return {
         "folds": {str(k): v for k, v in per_fold.items()},
         "num_cases": {str(k): v for k, v in num_cases.items()},
@@ -167,17 +158,15 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
     summary = {key: value for key, value in aggregate.items() if key != "per_case"}
     write_text_atomic(paths["json"], json.dumps({**summary, **extra}, indent=1) + "\n")
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["fold", "num_cases", *names])
-    for k, values in aggregate["folds"].items():
-        writer.writerow([k, aggregate["num_cases"][k], *(repr(values.get(n)) for n in names)])
-    writer.writerow(["mean", "", *(repr(aggregate["mean"][n]) for n in names)])
-    writer.writerow(["std", "", *(repr(aggregate["std"][n]) for n in names)])
-    write_text_atomic(paths["csv"], buf.getvalue())
+    folds = aggregate["folds"]
+    write_csv_atomic(paths["csv"], ["fold", "num_cases", *names], [
+        *([k, aggregate["num_cases"][k], *(values.get(n) for n in names)] for k, values in folds.items()),
+        ["mean", None, *(aggregate["mean"][n] for n in names)],
+        ["std", None, *(aggregate["std"][n] for n in names)],
+    ])
 
     lines = ["| fold | cases | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
-    for k, values in aggregate["folds"].items():
+    for k, values in folds.items():
         lines.append(f"| {k} | {aggregate['num_cases'][k]} | " + " | ".join(_fmt(values.get(n)) for n in names) + " |")
     lines.append("| mean +/- std | | " + " | ".join(
         f"{_fmt(aggregate['mean'][n])} +/- {_fmt(aggregate['std'][n])}" for n in names) + " |")
@@ -186,12 +175,8 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
         notes.append(f"Folds without results (failed or not run): {aggregate['missing']}.")
     write_text_atomic(paths["md"], "\n".join(lines + ([""] + notes if notes else [])) + "\n")
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["fold", "case", *names])
-    for row in aggregate["per_case"]:
-        writer.writerow([row["fold"], row.get("case"), *(repr(row.get(n)) for n in names)])
-    write_text_atomic(paths["per_case"], buf.getvalue())
+    write_csv_atomic(paths["per_case"], ["fold", "case", *names],
+                     ([row["fold"], row.get("case"), *(row.get(n) for n in names)] for row in aggregate["per_case"]))
     return paths
 
 
@@ -398,7 +383,7 @@ def run_crossval(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.crossval",
+        prog="python -m tools.crossval",
         description="Train and evaluate every fold of a prepared dataset, resume finished folds, aggregate. "
         "Unknown --key value arguments are passed to every fold's bundle run (e.g. --epochs 20).",
     )
@@ -446,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cv_id=args.cv_id,
         echo=not args.quiet,
         jobs=args.jobs,
-        command=shlex.join(["python", "-m", "scripts.crossval", *(sys.argv[1:] if argv is None else argv)]),
+        command=shlex.join(["python", "-m", "tools.crossval", *(sys.argv[1:] if argv is None else argv)]),
     )
     return 1 if result["failed"] or result["aggregate"]["missing"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,11 +7,11 @@ import platform
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["BUNDLE_ROOT", "cpu_model", "git_commit", "machine_info", "library_versions"]
+from scripts import BUNDLE_ROOT
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["cpu_model", "git_commit", "load_average", "machine_info", "library_versions"]
 
 
 def cpu_model() -> str:
@@ -39,8 +39,16 @@ def git_commit(dirty_flag: bool = True) -> str:
         return "unknown"
 
 
+def load_average() -> Optional[List[float]]:
+    """The 1, 5 and 15 minute load averages (``None`` where the system has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info() -> Dict[str, Any]:
-    """Platform, CPU model, logical CPUs, torch threads and CUDA device of this machine."""
+    """Platform, CPU model, logical CPUs, torch threads, CUDA device and load average of this machine."""
     import torch
 
     return {
@@ -48,8 +56,11 @@ def machine_info() -> Dict[str, Any]:
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        "load_average": load_average(),
     }
 
 

@@ -1,24 +1,24 @@
-"""``python -m scripts.reproduce``: the paper's whole Brain-growth protocol in one command.
+"""``python -m tools.reproduce``: the paper's whole Brain-growth protocol in one command.
 
 Prepares the Brain-growth dataset (from ``../shared/data/brain-growth`` when it is there, else from
 the published addresses with their pinned sha256), runs the 4-fold cross-validation of a training
 *recipe* (train every fold, evaluate the final model of the fold on its test fold; see
-``scripts/workflows/crossval.py``), and writes the report:
+``tools/crossval.py``), and writes the report:
 
 - ``docs/results/brain_growth_cv.json``: per recipe, per fold and mean +/- std of every metric,
   with ``command``, ``commit``, ``machine``, ``versions`` and ``total_seconds``;
 - ``docs/results/brain_growth.md``: the tables beside the paper's published Table 1 rows;
 - ``docs/results/figures/brain_growth_<recipe>_fold<k>.png``: the evaluation figure of each fold.
 
-Recipes are config files merged after ``configs/train.yaml`` and ``configs/evaluate.yaml``:
-``configs/recipes/brain_growth_paper.yaml`` (the paper's section 3.1 settings) and
-``configs/recipes/brain_growth_ours.yaml`` (our changes, each one explained in the file). The model
-reported for a fold is the one at the end of training: no choice ever looks at the test fold.
+A recipe is ``configs/train.yaml`` + ``configs/evaluate.yaml`` with an optional override file
+merged after them (:data:`RECIPES`): ``ours`` is the bundle's defaults as they are, ``paper`` adds
+``configs/recipes/brain_growth_paper.yaml`` (the paper's section 3.1 settings). The model reported
+for a fold is the one at the end of training: no choice ever looks at the test fold.
 
 Example::
 
-    python -m scripts.reproduce --recipe ours
-    python -m scripts.reproduce --recipe paper
+    python -m tools.reproduce                  # recipe ours: the bundle defaults
+    python -m tools.reproduce --recipe paper
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
-from scripts.provenance import BUNDLE_ROOT, git_commit, library_versions, machine_info
+from tools.crossval import DEFAULT_CONFIG_FILES, run_crossval
+from tools.provenance import git_commit, library_versions, machine_info
 
-RECIPES = {
+#: recipe name -> the override file merged after train.yaml and evaluate.yaml (None: the bundle defaults)
+RECIPES: dict[str, str | None] = {
+    "ours": None,
     "paper": "configs/recipes/brain_growth_paper.yaml",
-    "ours": "configs/recipes/brain_growth_ours.yaml",
 }
 SHARED_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "brain-growth"
 # The paper's Table 1, Brain-growth column, as published (Xu et al., MICCAI 2024): targets, not results.
@@ -49,6 +52,16 @@ PAPER_TABLE1 = {
 TARGET = {"sad_unknown": 0.363, "mse_unknown": 0.0365, "grad_unknown": 0.487}  # 10% below the paper
 COLUMNS = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown", "sad_image", "mse_image",
            "grad_image", "conn_image", "ged", "dice")
+
+
+def recipe_config_files(recipe: str) -> list[str]:
+    """The bundle config files of a recipe, relative to the bundle root, in merge order."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}.")
+    override = RECIPES[recipe]
+    if override is not None and not (BUNDLE_ROOT / override).is_file():
+        raise FileNotFoundError(f"recipe {recipe!r}: {override} not found in {BUNDLE_ROOT}.")
+    return [*DEFAULT_CONFIG_FILES, *([override] if override else [])]
 
 
 def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None, seed: int) -> Path:
@@ -89,7 +102,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         "# Brain-growth: 4-fold cross-validation",
         "",
-        "Written by `python -m scripts.reproduce` (do not edit by hand; rerun the command). Metrics follow",
+        "Written by `python -m tools.reproduce` (do not edit by hand; rerun the command). Metrics follow",
         "the standard alpha-matting benchmark (docs/metrics.md): 8-bit quantised mattes, SAD and Grad and",
         "Conn divided by 1000, inside the evaluation trimap's unknown region (value 128) unless the column",
         "says `image` (whole image). GED and Dice compare the Prob. U-Net's samples with the 7 raters.",
@@ -111,7 +124,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines.append("measured here. Lower is better for every column except Dice.")
     for name, run in results["recipes"].items():
         lines += ["", f"## Recipe `{name}`", ""]
-        lines += [f"- command: `{run['command']}`", f"- config: `{run['config_files'][-1]}`",
+        lines += [f"- command: `{run['command']}`", "- configs: " + ", ".join(f"`{c}`" for c in run["config_files"]),
                   f"- commit: `{run['commit']}`", f"- wall time: {run['total_seconds']:.0f} s "
                   f"({run['total_seconds'] / 60:.1f} min) for preparation, {len(run['folds'])} folds and the report",
                   f"- machine: {run['machine']['cpu']}, {run['machine']['logical_cpus']} logical CPUs, "
@@ -132,10 +145,8 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
                start: float, extra_overrides: Sequence[str] = (), jobs: int = 2) -> dict[str, Any]:
     """Cross-validate one recipe and return its report entry (commit taken before the folds run)."""
     commit = git_commit()
-    from scripts.workflows.crossval import DEFAULT_CONFIG_FILES, run_crossval
-
     cv_dir = work_dir / recipe
-    config_files = [str(BUNDLE_ROOT / c) for c in (*DEFAULT_CONFIG_FILES, RECIPES[recipe])]
+    config_files = [str(BUNDLE_ROOT / c) for c in recipe_config_files(recipe)]
     result = run_crossval(data_dir, cv_dir, config_files=config_files,
                           overrides=list(extra_overrides), echo=False, command=command,
                           jobs=jobs)
@@ -165,8 +176,9 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.reproduce", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="ours")
+    parser = argparse.ArgumentParser(prog="python -m tools.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="ours",
+                        help="ours: the bundle defaults; paper: + configs/recipes/brain_growth_paper.yaml")
     parser.add_argument("--source", default=None, help="brain_growth_alpha.zip (path or URL); default ../shared, else the published URL")
     parser.add_argument("--trimaps", default=None, help="trimap_brain.zip (path or URL); default as --source")
     parser.add_argument("--data_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))
@@ -178,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete this recipe's previous run instead of resuming it")
     # any other --key value pair is a bundle override for every fold, e.g. --epochs 10
     args, overrides = parser.parse_known_args(argv)
-    command = "python -m scripts.reproduce " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m tools.reproduce " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     start = time.time()
     work_dir, results_dir = Path(args.work_dir).absolute(), Path(args.results_dir).absolute()
     if args.fresh and (work_dir / args.recipe).exists():

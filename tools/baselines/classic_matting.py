@@ -9,7 +9,7 @@ is written here.
 
 Example::
 
-    python -m scripts.baselines.classic_matting --dataset_dir data/brain-growth \
+    python -m tools.baselines.classic_matting --dataset_dir data/brain-growth \
         --methods cf knn lbdm --out docs/results/classic_baselines_brain_growth.json
 """
 
