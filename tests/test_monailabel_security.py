@@ -212,7 +212,7 @@ class Servers:
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
-        parser.read_config(str(self.bundle / "configs" / "inference.yaml"))
+        parser.read_config(str(self.bundle / "configs" / "train.yaml"))
         parser["bundle_root"] = str(self.bundle)
         parser.update(TINY)
         torch.manual_seed(0)

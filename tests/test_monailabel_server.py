@@ -51,11 +51,11 @@ def _free_port() -> int:
 
 
 def _tiny_network() -> torch.nn.Module:
-    """The tiny ``network_def`` of configs/inference.yaml, built here independently of the app."""
+    """The tiny ``network_def`` of configs/train.yaml (the network the app serves from its checkpoint), built here independently of the app."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.yaml"))
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
     parser["bundle_root"] = str(BUNDLE_ROOT)
     parser.update(TINY)
     torch.manual_seed(123)

@@ -157,13 +157,17 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__ + " (empty or truncated file)"
 
 
-def _fallback_network(config_file: Union[str, os.PathLike], bundle_root: Union[str, os.PathLike]) -> torch.nn.Module:
+def _fallback_network(
+    config_file: Union[str, os.PathLike], bundle_root: Union[str, os.PathLike], overrides: Optional[Mapping[str, Any]] = None
+) -> torch.nn.Module:
     """``network_def`` of the training config (the one place the network is defined)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(bundle_root)
+    if overrides:
+        parser.update(dict(overrides))
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
@@ -174,6 +178,7 @@ def load_trained_network(
     fallback_config: Optional[Union[str, os.PathLike]] = None,
     bundle_root: Union[str, os.PathLike] = ".",
     map_location: Any = "cpu",
+    fallback_overrides: Optional[Mapping[str, Any]] = None,
 ) -> torch.nn.Module:
     """The network of a checkpoint, built from the constructor arguments saved in it, with its weights.
 
@@ -191,6 +196,8 @@ def load_trained_network(
             saved arguments (written before they were saved) or with ``allow_untrained``.
         bundle_root: ``bundle_root`` of ``fallback_config``.
         map_location: where the weights are loaded.
+        fallback_overrides: ``ConfigParser`` overrides of ``fallback_config`` (e.g. a small network
+            for smoke tests: ``{"prob_filters": [4, 8, 8, 8]}``).
 
     Raises:
         FileNotFoundError: the checkpoint is missing (and ``allow_untrained`` is false).
@@ -212,7 +219,7 @@ def load_trained_network(
         if fallback_config is None:
             raise FileNotFoundError(f"checkpoint not found: {ckpt_path}, and no fallback_config to build an untrained network")
         warnings.warn(f"checkpoint {ckpt_path} not found: running the UNTRAINED network (allow_untrained=true)")
-        network = _fallback_network(fallback_config, bundle_root)
+        network = _fallback_network(fallback_config, bundle_root, fallback_overrides)
         config = dict(network.config, **prediction)
         return MedicalMattingNet(**config) if prediction else network
     state = read_state_dict(ckpt_path, map_location)
@@ -220,7 +227,7 @@ def load_trained_network(
     if config is None:
         if fallback_config is None:
             raise ValueError(f"checkpoint {ckpt_path} does not say which network it belongs to (no _extra_state)")
-        config = _fallback_network(fallback_config, bundle_root).config
+        config = _fallback_network(fallback_config, bundle_root, fallback_overrides).config
         state["_extra_state"] = {"config": config}
     try:
         network = MedicalMattingNet(**dict(config, **prediction))

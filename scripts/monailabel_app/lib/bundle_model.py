@@ -1,13 +1,12 @@
-"""The bundle's network, built from ``configs/inference.yaml`` (``network_def``), and its trained weights.
+"""The bundle's network, as its trained checkpoint says, served exactly as ``configs/inference.yaml`` serves it.
 
-The network is whatever ``network_def`` of the bundle's inference config says (through
-``monai.bundle.ConfigParser``), so the server always serves the same model as
-``python -m monai.bundle run inference``. The weights come from ``<bundle_root>/models/model.pt``
-(``torch.load(..., weights_only=True)``; either a bare state dict, as the bundle's training writes
-it, or a dict holding it under the inference config's ``ckpt_key`` or ``network`` / ``model`` /
-``state_dict``, as MONAI's ``CheckpointSaver`` writes it). The file
-is checked on every request and re-read when its modification time changes, so a model published
-by the training task is picked up without restarting the server.
+The network is built by ``scripts.workflows.inference.load_trained_network``, the function of the
+inference config: from the constructor arguments saved in ``<bundle_root>/models/model.pt``
+(``torch.load(..., weights_only=True)``; a bare state dict or one under ``network`` / ``model`` /
+``state_dict``), so a model trained with any recipe is served without overrides. The prediction
+settings and the intensity rule come from the inference config (read as text, never evaluated).
+The file is checked on every request and re-read when its modification time changes, so a model
+published by the training task is picked up without restarting the server.
 
 Without the file the model either refuses (:class:`NoTrainedWeightsError`, the default) or, when
 ``allow_untrained`` is set, runs randomly initialised weights (seeded, so repeatable) and says so
@@ -34,7 +33,7 @@ import torch
 
 from .errors import InvalidCheckpointError, NoTrainedWeightsError
 
-__all__ = ["BundleModel", "CHECKPOINT_KEYS", "DEFAULT_CONFIG", "DEFAULT_WEIGHTS"]
+__all__ = ["BundleModel", "DEFAULT_CONFIG", "DEFAULT_WEIGHTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +41,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = "configs/inference.yaml"
 #: trained weights of the bundle, relative to the bundle root
 DEFAULT_WEIGHTS = "models/model.pt"
-#: keys under which a checkpoint may hold the network's state dict (after the config's ``ckpt_key``)
-CHECKPOINT_KEYS = ("network", "model", "state_dict")
-
 
 class BundleModel:
     """Builds ``network_def`` once, loads (and reloads) the bundle's weights per device.
@@ -92,26 +88,39 @@ class BundleModel:
 
     # ------------------------------------------------------------------ config
     def _parse(self) -> None:
+        """Read the inference config's settings as text (its expressions are not evaluated here)."""
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
         parser.read_config(str(self.config_file))
-        parser["bundle_root"] = str(self.bundle_root)
-        if self.overrides:
-            parser.update(self.overrides)
+        self._settings = {
+            "intensity_range": parser.get("intensity_range", None),
+            "prediction": {k: parser.get(k, None) for k in ("num_samples", "test_time_flips")},
+            "train_config": str(self.config_file.parent / "train.yaml"),
+        }
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self._template = parser.get_parsed_content("network_def", instantiate=True)
-        if not isinstance(self._template, torch.nn.Module):
-            raise InvalidCheckpointError(f"{self.config_file}: network_def is not a torch module")
-        self._settings = {
-            "in_channels": int(parser.get("in_channels", getattr(self._template, "in_channels", 1))),
-            "intensity_range": parser.get("intensity_range", [0, 255]),
-            "ckpt_key": parser.get("ckpt_key", "model"),
-        }
+            self._template = self._load(allow_missing=True)
+        self._settings["in_channels"] = int(self._template.in_channels)
+
+    def _load(self, allow_missing: bool) -> torch.nn.Module:
+        """The served network: the one the checkpoint was trained as (configs/inference.yaml's rule)."""
+        from scripts.workflows.inference import load_trained_network
+
+        try:
+            return load_trained_network(
+                self.weights_path if self.has_weights() else None,
+                self._settings["prediction"],
+                allow_untrained=allow_missing or self.allow_untrained,
+                fallback_config=self._settings["train_config"],
+                bundle_root=self.bundle_root,
+                fallback_overrides=self.overrides,
+            )
+        except (ValueError, FileNotFoundError) as e:
+            raise InvalidCheckpointError(str(e)) from e
 
     def settings(self) -> Dict[str, Any]:
-        """``in_channels``, ``intensity_range`` and ``ckpt_key`` as set in the inference config."""
+        """``in_channels`` of the served network, ``intensity_range`` and prediction settings of the inference config."""
         with self._lock:
             if self._template is None:
                 self._parse()
@@ -137,23 +146,6 @@ class BundleModel:
         return {"trained": trained, "weights_path": str(self.weights_path),
                 "allow_untrained": self.allow_untrained, "message": message}
 
-    def _load_state_dict(self, device: str) -> Dict[str, torch.Tensor]:
-        try:
-            checkpoint = torch.load(str(self.weights_path), map_location=device, weights_only=True)
-        except Exception as e:  # unreadable, not a weights-only checkpoint, truncated...
-            raise InvalidCheckpointError(f"cannot read checkpoint {self.weights_path}: {e}") from e
-        key = self._settings.get("ckpt_key") or "model"
-        if isinstance(checkpoint, Mapping):
-            for k in (key, *CHECKPOINT_KEYS):
-                if k in checkpoint and isinstance(checkpoint[k], Mapping):
-                    checkpoint = checkpoint[k]
-                    break
-        if not isinstance(checkpoint, Mapping) or not all(torch.is_tensor(v) for v in checkpoint.values()):
-            raise InvalidCheckpointError(
-                f"checkpoint {self.weights_path}: expected a state dict, bare or under one of the keys "
-                f"{[key, *CHECKPOINT_KEYS]}")
-        return dict(checkpoint)
-
     def network(self, device: Union[str, torch.device] = "cpu") -> Tuple[torch.nn.Module, bool]:
         """The network in ``eval()`` mode on ``device`` and whether it holds trained weights.
 
@@ -173,17 +165,11 @@ class BundleModel:
             if cached is not None and cached[1] == mtime:
                 return cached[0], trained
 
-            network = copy.deepcopy(self._template)
             if trained:
-                state = self._load_state_dict(device)
-                try:
-                    network.load_state_dict(state, strict=True)
-                except RuntimeError as e:
-                    raise InvalidCheckpointError(
-                        f"checkpoint {self.weights_path} does not match network_def of {self.config_file}: {e}"
-                    ) from e
+                network = self._load(allow_missing=False)
                 logger.info(f"medical_matting: loaded trained weights {self.weights_path}")
             else:
+                network = copy.deepcopy(self._template)
                 logger.warning(self.status()["message"])
             network = network.to(torch.device(device)).eval()
             self._cache[device] = (network, mtime)

@@ -11,15 +11,16 @@ Results are written in the input's format with the input's geometry:
 - NIfTI input -> ``.nii.gz`` of the same shape with the input's affine and header (float32 values
   in [0, 1], or uint8 {0, 1} for the ``mask`` output).
 
-Intensities: values inside the config's ``intensity_range`` ([0, 255] for this bundle, i.e. the
-training scaling ``image / 255``) are mapped linearly to [0, 1]; an image with values outside it
-(e.g. CT in Hounsfield units) is min-max scaled instead, and the answer says so.
+Intensities follow the bundle's one rule (``scripts.data.transforms.scale_intensity_to_unit``):
+by the file's type (8-bit: ``x / 255`` as in training; 16-bit: ``x / 65535``; float images outside
+[0, 1] by their minimum and maximum) or the inference config's explicit ``intensity_range``; the
+answer says which.
 
 Example:
     >>> import numpy as np
-    >>> unit, how = to_unit_range(np.array([0.0, 51.0, 255.0]), (0, 255))
-    >>> unit.tolist(), how
-    ([0.0, 0.2, 1.0], 'range [0, 255]')
+    >>> unit, how = to_unit_range(np.array([0, 51, 255], np.uint8))
+    >>> how
+    'uint8 range [0, 255]'
 """
 
 from __future__ import annotations
@@ -67,21 +68,15 @@ def image_reader(path: str):
     return PILReader(reverse_indexing=False)
 
 
-def to_unit_range(array: np.ndarray, intensity_range: Optional[Sequence[float]] = (0, 255)) -> Tuple[np.ndarray, str]:
-    """Scale intensities to [0, 1] (see the module docstring); returns the array and how it was done."""
-    array = np.asarray(array, dtype=np.float32)
-    if array.size == 0:
-        raise UnsupportedStudyImageError("empty image")
-    lo, hi = float(array.min()), float(array.max())
-    if intensity_range is not None:
-        a, b = float(intensity_range[0]), float(intensity_range[1])
-        if b <= a:
-            raise ValueError(f"intensity_range must be increasing, got {list(intensity_range)}")
-        if a <= lo and hi <= b:
-            return (array - a) / (b - a), f"range [{a:g}, {b:g}]"
-    if hi > lo:
-        return (array - lo) / (hi - lo), f"min-max [{lo:g}, {hi:g}]"
-    return np.zeros_like(array), f"constant image ({lo:g})"
+def to_unit_range(array: np.ndarray, intensity_range: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, str]:
+    """The bundle's one intensity rule (``scripts.data.transforms.scale_intensity_to_unit``), with
+    refusals as :class:`UnsupportedStudyImageError`; returns the array and how it was scaled."""
+    from scripts.data.transforms import scale_intensity_to_unit
+
+    try:
+        return scale_intensity_to_unit(array, intensity_range)
+    except ValueError as e:
+        raise UnsupportedStudyImageError(str(e)) from e
 
 
 def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
@@ -104,38 +99,15 @@ def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.
 
 
 def write_result(image_path: str, values: np.ndarray, kind: str = "alpha") -> str:
-    """Write a result map with the geometry of ``image_path``; returns the new temporary file.
+    """Write a result map with the geometry of ``image_path`` into a new temporary file (its path).
 
-    Args:
-        image_path: the study image the map belongs to (its format, shape and NIfTI header are used).
-        values: the map, shaped like the image's spatial dimensions; values in [0, 1]
-            (``kind="mask"``: {0, 1}).
-        kind: ``"alpha"``, ``"uncertainty"`` or ``"mask"``.
+    The writer of evaluation and CLI inference (``scripts.handlers.prediction_writer.save_map``):
+    NIfTI with the input's shape, affine and header, or an 8-bit PNG.
     """
-    values = np.asarray(values)
-    if image_format(image_path) == "nifti":
-        import nibabel as nib
+    from scripts.handlers.prediction_writer import save_map
 
-        ref = nib.load(image_path)
-        if tuple(ref.shape) != tuple(values.shape):
-            raise ValueError(f"result shape {values.shape} does not match {image_path} {ref.shape}")
-        data = values.astype(np.uint8) if kind == "mask" else values.astype(np.float32)
-        header = ref.header.copy()
-        header.set_data_dtype(data.dtype)
-        header.set_slope_inter(1.0, 0.0)
-        out = type(ref)(data, ref.affine, header)
-        out.set_qform(ref.get_qform(), code=int(ref.header["qform_code"]))
-        out.set_sform(ref.get_sform(), code=int(ref.header["sform_code"]))
-        path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-        nib.save(out, path)
-        return path
-
-    from PIL import Image
-
-    if values.ndim != 2:
-        raise ValueError(f"a raster result must be (H, W), got {values.shape}")
-    scale = 1 if kind == "mask" else 255
-    data = np.clip(np.rint(values.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
-    Image.fromarray(data, mode="L").save(path, format="PNG")
+    suffix = ".nii.gz" if image_format(image_path) == "nifti" else ".png"
+    fd, path = tempfile.mkstemp(suffix=suffix)
+    os.close(fd)
+    save_map(values, path, kind=kind, reference=image_path if suffix == ".nii.gz" else None)
     return path

@@ -34,7 +34,7 @@ class PrepareMattingInputd(MapTransform):
     Args:
         keys: image key(s).
         channels: channels the network expects (``in_channels`` of ``network_def``).
-        intensity_range: values mapped to [0, 1] when the image lies inside it (else min-max).
+        intensity_range: ``None`` (scale by the image's type) or an explicit ``[low, high]``.
         allow_missing_keys: as in MONAI.
     """
 
@@ -42,7 +42,7 @@ class PrepareMattingInputd(MapTransform):
         self,
         keys: KeysCollection,
         channels: int = 1,
-        intensity_range: Optional[Sequence[float]] = (0, 255),
+        intensity_range: Optional[Sequence[float]] = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -57,8 +57,8 @@ class PrepareMattingInputd(MapTransform):
                 raise UnsupportedStudyImageError(
                     f"{d.get('image_path', key)}: expected a 2-D image or a 3-D volume, got array {image.shape} "
                     "(channel first)")
-            image = match_channels(image.astype(np.float32), self.channels, str(d.get("image_path", key)))
-            image, how = to_unit_range(image, self.intensity_range)
+            image, how = to_unit_range(image, self.intensity_range)  # by the file's type: before any cast
+            image = match_channels(image, self.channels, str(d.get("image_path", key)))
             d[key] = np.ascontiguousarray(image, dtype=np.float32)
             d[f"{key}_scaling"] = how
             d[f"{key}_spatial_shape"] = list(image.shape[1:])

@@ -30,6 +30,8 @@ from monai.transforms import LoadImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from scripts.workflows.inference import MattingInferer
+
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError
 from ..imaging import image_reader, write_result
@@ -104,7 +106,7 @@ class MattingInferTask(BasicInferTask):
         path = data.get("image_path", data.get("image")) if data else None
         return [
             LoadImaged(keys="image", reader=image_reader(path) if path else None, image_only=True,
-                       ensure_channel_first=True),
+                       ensure_channel_first=True, dtype=None),  # the file's type decides the scaling
             PrepareMattingInputd(keys="image", channels=settings["in_channels"],
                                  intensity_range=settings["intensity_range"]),
         ]
@@ -156,7 +158,7 @@ class MattingInferTask(BasicInferTask):
         with torch.no_grad():
             for start in range(0, depth, self.slices_per_batch):
                 batch = slices[start : start + self.slices_per_batch].contiguous().to(device)
-                out = network.predict(batch)
+                out = MattingInferer()(batch, network)  # the inferer of evaluation and CLI inference
                 alphas.append(out["alpha"][:, 0].float().cpu())
                 uncertainties.append(out["uncertainty"][:, 0].float().cpu())
         alpha = torch.cat(alphas).permute(1, 2, 0).numpy()  # (H, W, D)
