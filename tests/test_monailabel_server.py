@@ -184,7 +184,7 @@ def test_infer_png_returns_the_networks_alpha_matte_with_the_input_geometry(serv
     params = server.infer(next(iter(server.images)), output="json").json()
     assert params["map_type"] == "alpha" and params["trained"] is True
     assert params["weights"] == str(server.weights) and "warning" not in params
-    assert params["shape"] == [96, 128] and params["image_scaling"] == "range [0, 255]"
+    assert params["shape"] == [96, 128] and params["image_scaling"] == "uint8 range [0, 255]"
 
 
 def test_infer_uncertainty_and_mask_maps(server):

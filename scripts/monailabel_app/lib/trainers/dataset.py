@@ -99,7 +99,7 @@ def _load(path: str) -> np.ndarray:
 
 
 def read_pair(image_path: str, label_path: str, channels: int = 1,
-              intensity_range: Optional[Sequence[float]] = (0, 255)) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+              intensity_range: Optional[Sequence[float]] = None) -> List[Tuple[str, Dict[str, np.ndarray]]]:
     """Cases ``(name, {"image", "alpha", "masks", "trimap"})`` of one (image, label) pair."""
     if image_format(image_path) != image_format(label_path):
         # a NIfTI label saved by a viewer for a PNG image is on the viewer's (column, row) grid: refuse
@@ -140,7 +140,7 @@ def prepare_training_dataset(
     num_folds: int = 5,
     seed: int = 0,
     channels: int = 1,
-    intensity_range: Optional[Sequence[float]] = (0, 255),
+    intensity_range: Optional[Sequence[float]] = None,
     name: str = "monailabel",
 ) -> Path:
     """Write the datastore's (image, label) pairs as a prepared dataset at ``out`` (replaced if present).
