@@ -24,7 +24,7 @@ Codes are sampled with ``grid_sample``, which gives the same values as the paper
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -75,6 +75,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
             raise ValueError(f"offset_kernel_size must be odd, got {offset_kernel_size}")
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.hidden_channels = hidden_channels
         self.kernel_size = kernel_size
         self.mode = mode
         self.area_weighting = area_weighting
@@ -94,19 +95,22 @@ class RegionAwareImplicitUpsampler(nn.Module):
     # ----------------------------------------------------------------------------- coordinates
     @staticmethod
     def query_coordinates(
-        source_size: Sequence[int], output_size: Sequence[int], device=None, dtype=torch.float32
+        source_size: List[int],
+        output_size: List[int],
+        device: Optional[torch.device] = None,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Target pixel centres in source-cell units, shape (Hq, Wq, 2) as (row, col).
 
         Target pixel j has the normalised centre ``(2j + 1) / Hq - 1``; in source-cell units
         (source pixel i at i) that is ``(j + 0.5) * h / Hq - 0.5``.
         """
-        (h, w), (hq, wq) = source_size, output_size
+        h, w, hq, wq = int(source_size[0]), int(source_size[1]), int(output_size[0]), int(output_size[1])
         ys = (torch.arange(hq, device=device, dtype=dtype) + 0.5) * (h / hq) - 0.5
         xs = (torch.arange(wq, device=device, dtype=dtype) + 0.5) * (w / wq) - 0.5
-        return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+        return torch.stack(torch.meshgrid([ys, xs], indexing="ij"), dim=-1)
 
-    def base_positions(self, source_size: Sequence[int], query: torch.Tensor) -> torch.Tensor:
+    def base_positions(self, source_size: List[int], query: torch.Tensor) -> torch.Tensor:
         """Positions of the k x k nearest codes for each query, (k*k, Hq, Wq, 2), integer-valued.
 
         The first code index per axis is ``floor(u + 1 - k / 2)`` (k = 1: round(u); k = 2: floor(u);
@@ -115,34 +119,36 @@ class RegionAwareImplicitUpsampler(nn.Module):
         k = self.kernel_size
         start = torch.floor(query + 1.0 - k / 2.0)  # (Hq, Wq, 2)
         steps = torch.arange(k, device=query.device, dtype=query.dtype)
-        dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+        dy, dx = torch.meshgrid([steps, steps], indexing="ij")
         shift = torch.stack([dy.flatten(), dx.flatten()], dim=-1)  # (k*k, 2), row-major (00, 01, 10, 11)
         pos = start.unsqueeze(0) + shift[:, None, None, :]
         return self._clamp(pos, source_size)
 
     @staticmethod
-    def _clamp(pos: torch.Tensor, source_size: Sequence[int]) -> torch.Tensor:
+    def _clamp(pos: torch.Tensor, source_size: List[int]) -> torch.Tensor:
         """Keep (row, col) positions on the code grid [0, h - 1] x [0, w - 1]."""
         upper = torch.tensor([source_size[0] - 1, source_size[1] - 1], device=pos.device, dtype=pos.dtype)
         return torch.clamp(pos, min=torch.zeros_like(upper), max=upper)
 
-    def offsets(self, feat: torch.Tensor, output_size: Sequence[int]) -> Optional[torch.Tensor]:
+    def offsets(self, feat: torch.Tensor, output_size: List[int]) -> Optional[torch.Tensor]:
         """Learned offsets (B, k*k, Hq, Wq, 2) as (dy, dx) in source-cell units; ``None`` for local ensemble."""
-        if self.offset_conv is None:
+        offset_conv = self.offset_conv
+        if offset_conv is None:
             return None
         up = feat
-        if tuple(feat.shape[-2:]) != tuple(output_size):
-            up = F.interpolate(feat, size=tuple(output_size), mode="bilinear", align_corners=False)
-        off = self.offset_conv(up)  # (B, 2*k*k, Hq, Wq)
+        size = [int(output_size[0]), int(output_size[1])]
+        if [feat.shape[-2], feat.shape[-1]] != size:
+            up = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
+        off = offset_conv(up)  # (B, 2*k*k, Hq, Wq)
         b, _, hq, wq = off.shape
-        return off.view(b, self.kernel_size**2, 2, hq, wq).permute(0, 1, 3, 4, 2)
+        return off.view(b, self.kernel_size * self.kernel_size, 2, hq, wq).permute(0, 1, 3, 4, 2)
 
-    def positions(self, feat: torch.Tensor, output_size: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def positions(self, feat: torch.Tensor, output_size: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Query points (Hq, Wq, 2) and sampled code positions (B, k*k, Hq, Wq, 2), source-cell units.
 
         Coordinates are computed in at least float32 (also for half-precision features).
         """
-        source_size = tuple(feat.shape[-2:])
+        source_size = [feat.shape[-2], feat.shape[-1]]
         dtype = torch.promote_types(feat.dtype, torch.float32)
         query = self.query_coordinates(source_size, output_size, feat.device, dtype)
         pos = self.base_positions(source_size, query).unsqueeze(0)
@@ -166,12 +172,14 @@ class RegionAwareImplicitUpsampler(nn.Module):
         return F.grid_sample(feat, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     # --------------------------------------------------------------------------------- forward
-    def _check(self, feat: torch.Tensor, output_size: Sequence[int]) -> Tuple[int, int]:
+    def _check(self, feat: torch.Tensor, output_size: List[int]) -> Tuple[int, int]:
         if feat.ndim != 4 or feat.shape[1] != self.in_channels:
-            raise ValueError(f"expected features (B, {self.in_channels}, h, w), got {tuple(feat.shape)}")
-        hq, wq = (int(s) for s in output_size)
+            raise ValueError(f"expected features (B, {self.in_channels}, h, w), got {feat.shape}")
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be two positive ints (Hq, Wq), got {output_size}")
+        hq, wq = int(output_size[0]), int(output_size[1])
         if hq < 1 or wq < 1:
-            raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
+            raise ValueError(f"output_size must be positive, got {output_size}")
         return hq, wq
 
     def _sample(self, feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -185,15 +193,15 @@ class RegionAwareImplicitUpsampler(nn.Module):
         area = (rel[..., 0].abs() + eps) * (rel[..., 1].abs() + eps)
         return area.flip(1) / area.sum(dim=1, keepdim=True)
 
-    def decode_reference(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+    def decode_reference(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
         """Equation (2) literally: sample each code, run ``f_theta`` on ``[z_i, x_q - x_i]``, sum.
 
         Same result as :meth:`forward` (which reorders the linear parts for speed); kept as the
         readable definition and for tests.
         """
         hq, wq = self._check(feat, output_size)
-        b, kk = feat.shape[0], self.kernel_size**2
-        query, pos = self.positions(feat, (hq, wq))
+        b, kk = feat.shape[0], self.kernel_size * self.kernel_size
+        query, pos = self.positions(feat, [hq, wq])
         codes = self._sample(feat, pos)  # (B, C, K*Hq, Wq)
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
         rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
@@ -202,7 +210,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
             return (pred * self._ensemble_weights(rel).to(pred.dtype).unsqueeze(1)).sum(dim=2)
         return pred.sum(dim=2)
 
-    def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
         """Decode ``feat`` (B, C, h, w) at the target grid ``output_size`` -> (B, out_channels, Hq, Wq).
 
         Computes :meth:`decode_reference` with exact rewrites of the MLP's linear layers: the
@@ -212,23 +220,24 @@ class RegionAwareImplicitUpsampler(nn.Module):
         so the two commute) and fewer channels are sampled.
         """
         hq, wq = self._check(feat, output_size)
-        b, c, kk = feat.shape[0], self.in_channels, self.kernel_size**2
+        b, c, kk = feat.shape[0], self.in_channels, self.kernel_size * self.kernel_size
         first, second = self.mlp[0], self.mlp[2]
-        query, pos = self.positions(feat, (hq, wq))
+        query, pos = self.positions(feat, [hq, wq])
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
         rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
-        if first.out_channels <= c:  # project, then sample the (narrower) hidden features
+        if self.hidden_channels <= c:  # project, then sample the (narrower) hidden features
             projected = F.conv2d(feat, first.weight[:, :c], first.bias)  # (B, hidden, h, w)
             hidden = self._sample(projected, pos) + F.conv2d(rel_map, first.weight[:, c:])
         else:  # sample the codes, then the first layer on [z_i, x_q - x_i]
-            hidden = first(torch.cat([self._sample(feat, pos), rel_map], dim=1))
+            hidden = F.conv2d(torch.cat([self._sample(feat, pos), rel_map], dim=1), first.weight, first.bias)
         hidden = F.relu(hidden, inplace=True).view(b, -1, kk, hq, wq)  # (B, hidden, K, Hq, Wq)
+        bias = second.bias
         if self.area_weighting:
             hidden = (hidden * self._ensemble_weights(rel).to(hidden.dtype).unsqueeze(1)).sum(dim=2)  # weights sum to 1
-            bias = second.bias
         else:
             hidden = hidden.sum(dim=2)
-            bias = second.bias * kk
+            if bias is not None:  # the second layer's bias, once per summed code
+                bias = bias * kk
         return F.conv2d(hidden, second.weight, bias)
 
     @torch.no_grad()

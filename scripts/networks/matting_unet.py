@@ -24,7 +24,7 @@ function (the paper's Table 2):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -61,16 +61,16 @@ class InterpolateConvUpsampler(nn.Module):
         super().__init__()
         self.conv = Convolution(2, in_channels, out_channels, kernel_size=3, act=act, norm=norm)
 
-    def forward(self, feat: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
-        if tuple(feat.shape[-2:]) != tuple(output_size):
-            feat = F.interpolate(feat, size=tuple(output_size), mode="bilinear", align_corners=False)
-        return self.conv(feat)
+    def forward(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
+        return self.conv(_resize(feat, output_size))
 
 
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
+def _resize(x: torch.Tensor, size: List[int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) to ``size`` (H, W); ``x`` itself when it already has that size."""
+    size = [int(size[0]), int(size[1])]
+    if [x.shape[-2], x.shape[-1]] == size:
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class MattingUNet(nn.Module):
@@ -145,7 +145,8 @@ class MattingUNet(nn.Module):
             Convolution(2, f1, 1, kernel_size=3, conv_only=True),
         )
 
-    def implicit_upsamplers(self) -> dict:
+    @torch.jit.ignore
+    def implicit_upsamplers(self) -> Dict[str, RegionAwareImplicitUpsampler]:
         """The implicit upsamplers by name (``up3``, ``up2``, ``up1``), e.g. to draw learned offsets."""
         return {
             name: m
@@ -158,7 +159,7 @@ class MattingUNet(nn.Module):
         image: torch.Tensor,
         latent: torch.Tensor,
         uncertainty: torch.Tensor,
-        output_size: Optional[Sequence[int]] = None,
+        output_size: Optional[List[int]] = None,
     ) -> torch.Tensor:
         """Alpha matte (B, 1, *output_size) in [0, 1].
 
@@ -168,16 +169,19 @@ class MattingUNet(nn.Module):
             uncertainty: (B, 1, H, W) uncertainty map in [0, 1].
             output_size: target grid (H', W'); default the input grid.
         """
-        in_size: Tuple[int, int] = tuple(image.shape[-2:])  # type: ignore[assignment]
-        out_size = in_size if output_size is None else tuple(int(s) for s in output_size)
+        in_size = [image.shape[-2], image.shape[-1]]
+        out_size = in_size if output_size is None else [int(output_size[0]), int(output_size[1])]
         feats = self.encoder(torch.cat([image, latent], dim=1))
         f1, f2 = feats[0], feats[1]
-        f3 = self.deep_decoder(feats[2:]) if self.deep_decoder is not None else feats[2]
-        m3 = self.up3(f3, f2.shape[-2:])
-        m23 = self.prop2(torch.cat([f2, m3, _resize(uncertainty, f2.shape[-2:])], dim=1))
-        grid1 = in_size if self.up1 is not None else out_size
+        deep_decoder = self.deep_decoder
+        f3 = deep_decoder(feats[2:]) if deep_decoder is not None else feats[2]
+        f2_size = [f2.shape[-2], f2.shape[-1]]
+        m3 = self.up3(f3, f2_size)
+        m23 = self.prop2(torch.cat([f2, m3, _resize(uncertainty, f2_size)], dim=1))
+        up1 = self.up1
+        grid1 = in_size if up1 is not None else out_size
         m2 = self.up2(m23, grid1)
         x = self.prop1(torch.cat([_resize(f1, grid1), m2, _resize(uncertainty, grid1)], dim=1))
-        if self.up1 is not None:
-            x = self.up1(x, out_size)
+        if up1 is not None:
+            x = up1(x, out_size)
         return torch.sigmoid(self.output_block(x))

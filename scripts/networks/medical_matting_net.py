@@ -1,25 +1,25 @@
 """The whole model: Probabilistic U-Net -> uncertainty map -> Matting U-Net (paper Fig. 2).
 
 This is ``network_def`` of the bundle configs; its API is the contract in docs/architecture.md.
+The inference path (``forward``, ``predict``, test-time flips included) scripts with
+``torch.jit.script`` (``monai.bundle ckpt_export``); training methods stay Python-only.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import Independent
-
 from scripts.networks.blocks import DEFAULT_ACT
 from scripts.networks.matting_unet import MattingUNet
-from scripts.networks.prob_unet import ProbabilisticUNet
-from scripts.networks.test_time_flips import FLIP_SETS, predict_with_flips
+from scripts.networks.prob_unet import ProbabilisticUNet, reparameterise
+from scripts.networks.test_time_flips import FLIP_SETS, flip_views, merge_views, unflip_view
 from scripts.networks.uncertainty import binary_entropy_uncertainty
 
-__all__ = ["MedicalMattingNet", "PREDICTION_KEYS", "CheckpointMismatchError"]
+__all__ = ["MedicalMattingNet", "PREDICTION_KEYS", "CheckpointMismatchError", "prior_noise"]
 
 #: constructor arguments that change how the model predicts but not its weights: a checkpoint
 #: trained with other values loads, and the values of the network being loaded into are kept
@@ -28,6 +28,15 @@ PREDICTION_KEYS = ("num_samples", "sample_seed", "test_time_flips", "channels_la
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was trained with another architecture than the network it is loaded into."""
+
+
+def prior_noise(seed: int, num_samples: int, latent_dim: int) -> torch.Tensor:
+    """The fixed standard-normal noise eps (num_samples, latent_dim) of the eval-mode prior samples.
+
+    Drawn from a CPU ``torch.Generator`` seeded with ``seed``, the same numbers on every device.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn((1, num_samples, latent_dim), generator=generator)[0]
 
 
 def _plain(value: Any) -> Any:
@@ -60,9 +69,13 @@ class MedicalMattingNet(nn.Module):
         act: MONAI activation.
         norm: MONAI normalisation (``None`` for none).
         detach_latent: stop the matting loss from reaching the Prob. U-Net through its features.
-        sample_seed: in ``eval()`` mode draw the prior samples from a local generator seeded with
-            this value on every call (deterministic predictions without touching the global RNG);
-            ``None`` uses the global RNG (``torch.manual_seed`` then makes calls repeatable).
+        sample_seed: in ``eval()`` mode the prior samples are ``mean + sigma * eps`` with one fixed
+            noise ``eps`` (N, latent_dim) drawn from a generator seeded with this value
+            (:func:`prior_noise`; kept as the non-persistent buffer ``prior_eps``, so it is part of
+            a scripted / exported model). Every image of a batch, on every device, gets the same
+            ``eps``: deterministic predictions that do not depend on the batch, without touching
+            the global RNG. ``None`` uses the global RNG (``torch.manual_seed`` then makes calls
+            repeatable); training always uses the global RNG.
         test_time_flips: flipped views averaged by :meth:`predict` (and so by ``forward`` in eval
             mode): ``"none"``, ``"h"`` (identity + horizontal) or ``"hv"`` (the four flips); see
             ``scripts/networks/test_time_flips.py``. Training (``forward_train``) never flips.
@@ -122,6 +135,7 @@ class MedicalMattingNet(nn.Module):
         self.num_samples = num_samples
         self.detach_latent = detach_latent
         self.sample_seed = sample_seed
+        self._prior_eps_seed = sample_seed  # the seed prior_eps was drawn with (eager code redraws on change)
         self.prob_unet = ProbabilisticUNet(
             in_channels, prob_filters, latent_dim, num_fcomb_layers, convs_per_block, latent_filters, act, norm
         )
@@ -138,14 +152,18 @@ class MedicalMattingNet(nn.Module):
             act=act,
             norm=norm,
         )
+        eps = torch.zeros(0, latent_dim) if sample_seed is None else prior_noise(sample_seed, num_samples, latent_dim)
+        self.register_buffer("prior_eps", eps, persistent=False)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------- configuration in checkpoints
+    @torch.jit.ignore
     def get_extra_state(self) -> Dict[str, Any]:
         """Saved as ``_extra_state`` in :meth:`state_dict`: the constructor arguments of this network."""
         return {"config": dict(self.config)}
 
+    @torch.jit.ignore
     def set_extra_state(self, state: Any) -> None:
         """Check, when weights are loaded, that they were trained with this architecture.
 
@@ -176,38 +194,60 @@ class MedicalMattingNet(nn.Module):
 
     # ---------------------------------------------------------------------------------- helpers
     def _check_image(self, image: torch.Tensor) -> None:
-        if not torch.is_tensor(image) or image.ndim != 4 or image.shape[1] != self.in_channels:
-            shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-            raise ValueError(f"MedicalMattingNet expects an image (B, {self.in_channels}, H, W), got {shape}")
+        if not torch.jit.is_scripting():
+            if not torch.is_tensor(image):
+                raise ValueError(
+                    f"MedicalMattingNet expects an image (B, {self.in_channels}, H, W), got {type(image).__name__}"
+                )
+        if image.ndim != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(f"MedicalMattingNet expects an image (B, {self.in_channels}, H, W), got {image.shape}")
 
-    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
-        if self.training or self.sample_seed is None:
-            return None
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(self.sample_seed))
-        return gen
+    def _prior_noise(self, batch: int, num_samples: int, like: torch.Tensor) -> torch.Tensor:
+        """Noise eps (B, N, latent_dim) of the prior samples: ``prior_eps`` in eval mode with a seed."""
+        seed = self.sample_seed
+        if self.training or seed is None:
+            shape = [batch, num_samples, self.prob_unet.latent_dim]
+            return torch.randn(shape, device=like.device, dtype=like.dtype)
+        eps = self.prior_eps
+        if not torch.jit.is_scripting():
+            if eps.shape[0] != num_samples or self._prior_eps_seed != seed:  # another N or seed than built with
+                eps = prior_noise(seed, num_samples, self.prob_unet.latent_dim)
+        elif eps.shape[0] != num_samples:
+            raise ValueError(
+                f"this exported model draws its prior samples with the fixed noise of num_samples={eps.shape[0]}; "
+                f"got num_samples={num_samples} (export with --num_samples {num_samples})"
+            )
+        return eps.to(device=like.device, dtype=like.dtype).unsqueeze(0).expand(batch, -1, -1)
 
     def _prior_samples(
-        self, image: torch.Tensor, features: torch.Tensor, num_samples: int, prior: Optional[Independent] = None
+        self,
+        image: torch.Tensor,
+        features: torch.Tensor,
+        num_samples: int,
+        mean: Optional[torch.Tensor] = None,
+        std: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Sigmoid probabilities of N prior samples (B, N, H, W), without gradient.
 
-        ``prior``: p(z|x) when already computed (no graph is recorded from it here).
+        ``mean``, ``std``: p(z|x)'s parameters (B, latent_dim) when already computed.
         """
         with torch.no_grad():
-            if prior is None:
-                prior = self.prob_unet.prior(image)
-            z = self.prob_unet.sample_latents(prior, num_samples, self._generator(image.device))
+            if mean is not None and std is not None:
+                mu, sigma = mean.detach(), std.detach()
+            else:
+                mu, sigma = self.prob_unet.prior_params(image)
+            z = reparameterise(mu, sigma, self._prior_noise(mu.shape[0], num_samples, mu))
             return torch.sigmoid(self.prob_unet.combine(features.detach(), z))
 
     def _matting_latent(self, features: torch.Tensor) -> torch.Tensor:
         return features.detach() if self.detach_latent else features
 
     # --------------------------------------------------------------------------------- public API
+    @torch.jit.export
     def predict(
         self,
         image: torch.Tensor,
-        output_size: Optional[Sequence[int]] = None,
+        output_size: Optional[List[int]] = None,
         num_samples: Optional[int] = None,
         flips: Optional[str] = None,
     ) -> Dict[str, torch.Tensor]:
@@ -222,39 +262,47 @@ class MedicalMattingNet(nn.Module):
         Returns:
             ``alpha`` (B, 1, H', W') in [0, 1]; ``uncertainty`` (B, 1, H', W') in [0, 1];
             ``sample_probs`` (B, V*N, H, W) for V flipped views.
+
+        Exported with the scripted model: ``torch.jit.load("model.ts").predict(image)``.
         """
-        flips = self.test_time_flips if flips is None else flips
-        if flips != "none":
-            return predict_with_flips(self._predict_view, image, flips, output_size, num_samples)
-        return self._predict_view(image, output_size, num_samples)
+        views = flip_views(self.test_time_flips if flips is None else flips)
+        if len(views) == 1:
+            return self._predict_view(image, output_size, num_samples)
+        outs: List[Dict[str, torch.Tensor]] = []
+        for dims in views:
+            view = image.flip(dims) if len(dims) > 0 else image
+            outs.append(unflip_view(self._predict_view(view, output_size, num_samples), dims))
+        return merge_views(outs, image, output_size)
 
     def _predict_view(
         self,
         image: torch.Tensor,
-        output_size: Optional[Sequence[int]] = None,
+        output_size: Optional[List[int]] = None,
         num_samples: Optional[int] = None,
     ) -> Dict[str, torch.Tensor]:
         """:meth:`predict` of one view (no flips)."""
         self._check_image(image)
+        size: Optional[List[int]] = None
         if output_size is not None:
-            output_size = tuple(int(v) for v in output_size)
             if len(output_size) != 2 or min(output_size) < 1:
                 raise ValueError(f"output_size must be two positive ints (H', W'), got {output_size}")
+            size = [int(output_size[0]), int(output_size[1])]
         n = self.num_samples if num_samples is None else int(num_samples)
         if n < 1:
             raise ValueError(f"num_samples must be >= 1, got {n}")
         features = self.prob_unet.features(image)
         sample_probs = self._prior_samples(image, features, n)
         uncertainty = binary_entropy_uncertainty(sample_probs)
-        alpha = self.matting_unet(image, self._matting_latent(features), uncertainty, output_size)
+        alpha = self.matting_unet(image, self._matting_latent(features), uncertainty, size)
         if alpha.shape[-2:] != uncertainty.shape[-2:]:
             uncertainty = F.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
         return {"alpha": alpha, "uncertainty": uncertainty.clamp(0.0, 1.0), "sample_probs": sample_probs}
 
-    def forward(self, image: torch.Tensor, output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """Alpha matte (B, 1, H, W), or (B, 1, *output_size), values in [0, 1]."""
-        return self.predict(image, output_size)["alpha"]
+    def forward(self, image: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
+        """Alpha matte (B, 1, H, W), or (B, 1, *output_size), values in [0, 1] (:meth:`predict`'s ``alpha``)."""
+        return self.predict(image, output_size, None, None)["alpha"]
 
+    @torch.jit.ignore
     def forward_train(self, image: torch.Tensor, seg_target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Training pass: posterior sample for the segmentation loss, prior samples for the uncertainty.
 
@@ -278,7 +326,7 @@ class MedicalMattingNet(nn.Module):
         posterior = prob.posterior(image, seg_target)
         seg_logits = prob.combine(features, posterior.rsample().unsqueeze(1))  # (B, 1, H, W)
         kl = prob.kl(posterior, prior)
-        sample_probs = self._prior_samples(image, features, self.num_samples, prior)
+        sample_probs = self._prior_samples(image, features, self.num_samples, prior.base_dist.loc, prior.base_dist.scale)
         uncertainty = binary_entropy_uncertainty(sample_probs)
         alpha = self.matting_unet(image, self._matting_latent(features), uncertainty)
         return {

@@ -6,12 +6,15 @@ sample of z, broadcast over space, with the U-Net's last features into a segment
 Only ``fcomb`` is repeated per sample, so N samples cost N cheap 1x1-conv passes, not N U-Nets.
 
 Hand-written (no maintained library ships this model); the convolution units are MONAI blocks and
-the distributions / KL come from ``torch.distributions``.
+the training distributions / KL come from ``torch.distributions``. Every module's ``forward`` and
+the sampling used at inference (:meth:`ProbabilisticUNet.prior_params`,
+:func:`reparameterise`) are plain tensor ops, so the model scripts with ``torch.jit.script``;
+the distribution objects are built only on the training path.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,7 +24,20 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from scripts.networks.blocks import DEFAULT_ACT, conv_block
 
-__all__ = ["UNetEncoder", "UNetDecoder", "AxisAlignedGaussianNet", "FComb", "ProbabilisticUNet"]
+__all__ = ["UNetEncoder", "UNetDecoder", "AxisAlignedGaussianNet", "FComb", "ProbabilisticUNet", "reparameterise"]
+
+
+def reparameterise(mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Latent samples ``mean + sigma * eps``: mean, std (B, L) and noise eps (B, N, L) -> (B, N, L)."""
+    return mean.unsqueeze(1) + std.unsqueeze(1) * eps
+
+
+@torch.jit.interface
+class _TensorModule(nn.Module):
+    """TorchScript interface of a module mapping one tensor to one tensor (as ``nn.Sequential``)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Sequential's argument name)
+        pass
 
 
 class UNetEncoder(nn.Module):
@@ -92,12 +108,13 @@ class UNetDecoder(nn.Module):
             [conv_block(f[i + 1] + f[i], f[i], convs_per_block, act, norm) for i in range(len(f) - 1)]
         )
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
-        for i in reversed(range(len(self.blocks))):
+        for i in range(len(self.blocks) - 1, -1, -1):  # deepest level first
             skip = feats[i]
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.blocks[i](torch.cat([x, skip], dim=1))
+            block: _TensorModule = self.blocks[i]  # an interface type lets TorchScript index by a variable
+            x = F.interpolate(x, size=[skip.shape[-2], skip.shape[-1]], mode="bilinear", align_corners=False)
+            x = block.forward(torch.cat([x, skip], dim=1))
         return x
 
 
@@ -118,7 +135,8 @@ class AxisAlignedGaussianNet(nn.Module):
     Example::
 
         prior = AxisAlignedGaussianNet(1, (32, 64, 128, 192), latent_dim=6)
-        dist = prior(torch.rand(2, 1, 128, 128))   # Independent(Normal), batch_shape (2,), event (6,)
+        mean, std = prior(torch.rand(2, 1, 128, 128))   # (2, 6) each
+        dist = prior.distribution(torch.rand(2, 1, 128, 128))   # Independent(Normal), batch (2,), event (6,)
     """
 
     def __init__(
@@ -135,11 +153,18 @@ class AxisAlignedGaussianNet(nn.Module):
         self.encoder = UNetEncoder(in_channels, filters, convs_per_block, act, norm)
         self.to_params = nn.Conv2d(filters[-1], 2 * latent_dim, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> Independent:
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and sigma of the Gaussian, each (B, latent_dim)."""
         h = self.encoder(x)[-1].mean(dim=(-2, -1), keepdim=True)
         params = self.to_params(h).flatten(1)
         mean, log_sigma = params[:, : self.latent_dim], params[:, self.latent_dim :]
-        return Independent(Normal(loc=mean, scale=torch.exp(log_sigma)), 1)
+        return mean, torch.exp(log_sigma)
+
+    @torch.jit.ignore
+    def distribution(self, x: torch.Tensor) -> Independent:
+        """The Gaussian as ``Independent(Normal)`` (batch shape (B,), event shape (latent_dim,)), for training."""
+        mean, std = self.forward(x)
+        return Independent(Normal(loc=mean, scale=std), 1)
 
 
 class FComb(nn.Module):
@@ -189,7 +214,7 @@ class FComb(nn.Module):
         h = self.feature_proj(features).unsqueeze(1) + self.latent_proj(z)[..., None, None]
         h = self.act(h).flatten(0, 1)  # (B*N, F, H, W)
         out = self.layers(h)
-        out = out.view(b, n, self.out_channels, *out.shape[-2:])
+        out = out.view(b, n, self.out_channels, out.shape[-2], out.shape[-1])
         return out[:, :, 0] if self.out_channels == 1 else out
 
 
@@ -246,13 +271,19 @@ class ProbabilisticUNet(nn.Module):
         """The U-Net's last (full-resolution) features, (B, filters[0], H, W)."""
         return self.decoder(self.encoder(image))
 
-    def prior(self, image: torch.Tensor) -> Independent:
-        """p(z|x): diagonal Gaussian with batch shape (B,) and event shape (latent_dim,)."""
+    def prior_params(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and sigma of p(z|x), each (B, latent_dim): the scriptable form of :meth:`prior`."""
         return self.prior_net(image)
 
+    @torch.jit.ignore
+    def prior(self, image: torch.Tensor) -> Independent:
+        """p(z|x): diagonal Gaussian with batch shape (B,) and event shape (latent_dim,)."""
+        return self.prior_net.distribution(image)
+
+    @torch.jit.ignore
     def posterior(self, image: torch.Tensor, seg_target: torch.Tensor) -> Independent:
         """q(z|x, y) with ``seg_target`` (B, 1, H, W) binary."""
-        return self.posterior_net(torch.cat([image, seg_target.to(image.dtype)], dim=1))
+        return self.posterior_net.distribution(torch.cat([image, seg_target.to(image.dtype)], dim=1))
 
     @staticmethod
     def sample_latents(
@@ -265,7 +296,7 @@ class ProbabilisticUNet(nn.Module):
         mean, std = dist.base_dist.loc, dist.base_dist.scale
         shape = (mean.shape[0], num_samples, mean.shape[1])
         eps = torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean.unsqueeze(1) + std.unsqueeze(1) * eps
+        return reparameterise(mean, std, eps)
 
     def combine(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``fcomb``: features (B, F, H, W) and z (B, N, L) -> logits (B, N, H, W)."""
@@ -276,6 +307,7 @@ class ProbabilisticUNet(nn.Module):
         """Analytic KL(q || p) per image, shape (B,), >= 0."""
         return kl_divergence(posterior, prior)
 
+    @torch.jit.ignore
     def forward(
         self,
         image: torch.Tensor,
@@ -294,6 +326,9 @@ class ProbabilisticUNet(nn.Module):
         Returns:
             dict with ``features`` (B, F, H, W), ``sample_logits`` (B, N, H, W) and, with
             ``seg_target``, ``posterior_logits`` (B, 1, H, W) and ``kl`` (B,).
+
+        Not part of the scripted model (it builds ``torch.distributions`` objects);
+        ``MedicalMattingNet`` calls the parts it needs.
         """
         feats = self.features(image)
         prior = self.prior(image)

@@ -9,24 +9,61 @@ a proper ensemble of four views of the same image:
 - ``sample_probs``: the prior samples of all four views (B, 4N, H, W), un-flipped;
 - ``uncertainty``: the binary entropy of the mean of all those samples (same definition as the
   model's, now over 4N samples).
+
+:func:`flip_views`, :func:`unflip_view` and :func:`merge_views` are TorchScript functions: the
+scripted / exported model (``torch.jit.script(MedicalMattingNet)``) applies the same flips.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from scripts.networks.uncertainty import binary_entropy_uncertainty
 
-__all__ = ["FLIP_SETS", "predict_with_flips"]
+__all__ = ["FLIP_SETS", "flip_views", "merge_views", "predict_with_flips", "unflip_view"]
 
-#: flip views: the spatial dims (of a (B, C, H, W) tensor) flipped in each view
+
+def flip_views(flips: str) -> List[List[int]]:
+    """The spatial dims (of a (B, C, H, W) tensor) flipped in each view of the option ``flips``."""
+    none: List[int] = []
+    if flips == "none":
+        return [none]
+    if flips == "h":
+        return [none, [3]]
+    if flips == "hv":
+        return [none, [3], [2], [2, 3]]
+    raise ValueError(f"flips must be one of ['h', 'hv', 'none'], got '{flips}'")
+
+
+#: flip views by option name: the spatial dims flipped in each view (the table of :func:`flip_views`)
 FLIP_SETS: Dict[str, Tuple[Tuple[int, ...], ...]] = {
-    "none": ((),),
-    "h": ((), (3,)),
-    "hv": ((), (3,), (2,), (2, 3)),
+    name: tuple(tuple(dims) for dims in flip_views(name)) for name in ("none", "h", "hv")
 }
+
+
+def unflip_view(out: Dict[str, torch.Tensor], dims: List[int]) -> Dict[str, torch.Tensor]:
+    """One view's ``alpha``, ``uncertainty`` and ``sample_probs`` flipped back along ``dims``."""
+    if len(dims) == 0:
+        return out
+    return {key: out[key].flip(dims) for key in ("alpha", "uncertainty", "sample_probs")}
+
+
+def merge_views(
+    views: List[Dict[str, torch.Tensor]], image: torch.Tensor, output_size: Optional[List[int]] = None
+) -> Dict[str, torch.Tensor]:
+    """Average un-flipped views (:func:`unflip_view`) of ``image`` into one prediction (the module doc)."""
+    sample_probs = torch.cat([v["sample_probs"] for v in views], dim=1)
+    alpha = torch.stack([v["alpha"] for v in views]).mean(0)
+    same_grid = output_size is None
+    if output_size is not None:
+        same_grid = [int(output_size[0]), int(output_size[1])] == [image.shape[-2], image.shape[-1]]
+    if same_grid:
+        uncertainty = binary_entropy_uncertainty(sample_probs)
+    else:  # samples live on the input grid: average the views' uncertainty maps at the output grid
+        uncertainty = torch.stack([v["uncertainty"] for v in views]).mean(0)
+    return {"alpha": alpha, "uncertainty": uncertainty, "sample_probs": sample_probs}
 
 
 def predict_with_flips(
@@ -54,22 +91,11 @@ def predict_with_flips(
 
         out = net.eval().predict(image, flips="hv")   # MedicalMattingNet.predict calls this
     """
-    if flips not in FLIP_SETS:
-        raise ValueError(f"flips must be one of {sorted(FLIP_SETS)}, got {flips!r}")
-    views = FLIP_SETS[flips]
+    views = flip_views(flips)
     if len(views) == 1:
         return predict_view(image, output_size, num_samples)
-    alphas, samples, uncertainties = [], [], []
-    for dims in views:
-        out = predict_view(image.flip(dims) if dims else image, output_size, num_samples)
-        unflip = (lambda t: t.flip(dims)) if dims else (lambda t: t)
-        alphas.append(unflip(out["alpha"]))
-        samples.append(unflip(out["sample_probs"]))
-        uncertainties.append(unflip(out["uncertainty"]))
-    sample_probs = torch.cat(samples, dim=1)
-    alpha = torch.stack(alphas).mean(0)
-    if output_size is None or tuple(output_size) == tuple(image.shape[-2:]):
-        uncertainty = binary_entropy_uncertainty(sample_probs)
-    else:  # samples live on the input grid: average the views' uncertainty maps at the output grid
-        uncertainty = torch.stack(uncertainties).mean(0)
-    return {"alpha": alpha, "uncertainty": uncertainty, "sample_probs": sample_probs}
+    outs = [
+        unflip_view(predict_view(image.flip(dims) if dims else image, output_size, num_samples), dims)
+        for dims in views
+    ]
+    return merge_views(outs, image, None if output_size is None else list(output_size))

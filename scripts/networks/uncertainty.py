@@ -14,9 +14,18 @@ import torch
 __all__ = ["binary_entropy_uncertainty"]
 
 
+def _tiny(dtype: torch.dtype) -> float:
+    """``torch.finfo(dtype).tiny`` (the smallest normal number) in a form TorchScript compiles."""
+    if dtype == torch.float16:
+        return 2.0**-14
+    if dtype == torch.float64:
+        return 2.0**-1022
+    return 2.0**-126  # float32 and bfloat16
+
+
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
     """``p * log(p)`` with the limit value 0 at ``p = 0`` and finite gradients everywhere."""
-    tiny = torch.finfo(p.dtype).tiny
+    tiny = _tiny(p.dtype)
     return torch.where(p > 0, p * torch.log(p.clamp_min(tiny)), torch.zeros_like(p))
 
 
