@@ -172,8 +172,7 @@ def _batches(n: int = 2, b: int = 2, k: int = 3):
 
 
 def test_trainer_draws_pseudo_ground_truth_and_averages_losses():
-    from scripts.workflows.inference import MattingInferer
-from scripts.losses import MedicalMattingLoss
+    from scripts.losses import MedicalMattingLoss
 
     net, loss = _TinyMattingNet(), MedicalMattingLoss()
     opt = torch.optim.Adam(list(net.parameters()) + list(loss.parameters()), lr=1e-2)
