@@ -45,7 +45,8 @@ def test_training_speed_writes_json(tmp_path, tiny):
     result = json.loads(out.read_text())
     assert result["training"]["iterations"] == 2 and len(result["training"]["wall_s"]) == 3
     assert result["training"]["images_per_s"] > 0 and result["inference"]["num_samples"] == 2
-    assert result["flops"]["train_per_image"] > result["flops"]["inference_per_image"] > 0
+    # inference runs the default test-time flips (4 views), so it may cost more than a training step
+    assert result["flops"]["train_per_image"] > 0 and result["flops"]["inference_per_image"] > 0
     assert result["augmentation"]["mean_s"] > 0 and result["peak_rss_mib"] > 0
     assert result["bf16_check"]["all_finite"] and result["bf16_check"]["predict_alpha_max_abs_diff"] < 0.1
     assert result["machine"]["commit"] and result["machine"]["torch"] == torch.__version__

@@ -151,11 +151,11 @@ def test_bad_inputs_raise_clear_errors():
         MedicalMattingNet(scales=4)
 
 
-def test_inference_config_network_def_and_ablation_keys():
+def test_train_config_network_def_and_ablation_keys():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.yaml"))
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
     parser["upsampling"] = "local_ensemble"
     parser["scales"] = 2
     parser["kernel_size"] = 3
@@ -172,7 +172,7 @@ def test_verify_net_in_out():
         pytest.skip("configs/metadata.json is not there yet")
     from monai.bundle import verify_net_in_out
 
-    verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(BUNDLE_ROOT / "configs" / "inference.yaml"))
+    verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(BUNDLE_ROOT / "configs" / "train.yaml"))
 
 
 def test_model_sampling_positions_hand_computed_at_init():
