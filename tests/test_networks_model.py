@@ -166,15 +166,6 @@ def test_train_config_network_def_and_ablation_keys():
     assert set(implicit) == {"up2"} and implicit["up2"].kernel_size == 3 and implicit["up2"].mode == "local_ensemble"
 
 
-def test_verify_net_in_out():
-    meta = BUNDLE_ROOT / "configs" / "metadata.json"
-    if not meta.is_file():
-        pytest.skip("configs/metadata.json is not there yet")
-    from monai.bundle import verify_net_in_out
-
-    verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(BUNDLE_ROOT / "configs" / "train.yaml"))
-
-
 def test_model_sampling_positions_hand_computed_at_init():
     net = _net().eval()  # scales 3, k 2: up3 (8x8 -> 16x16), up2 (16x16 -> 32x32)
     pos = net.sampling_positions(torch.rand(2, 1, 32, 32), torch.tensor([[3, 3], [31, 0]]))
