@@ -79,7 +79,7 @@ def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_
     out = tmp_path / "fold0"
     run = run_bundle("train_evaluate", "--config_file", CONFIGS, "--bundle_root", str(BUNDLE_ROOT),
                      "--dataset_dir", str(dataset), "--fold", "0", "--epochs", str(EPOCHS), "--ckpt_dir", str(out / "ckpt"), "--output_dir", str(out / "eval"),
-                     "--progress_bar", "false", "--tracking", "mlflow", "--tracking_uri", mlflow_server["url"],
+                     "--progress_bar", "false", "--tracking", "configs/mlflow.yaml", "--tracking_uri", mlflow_server["url"],
                      *tiny_cli_args, "--batch_size", "2", timeout=360, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI="")
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     # the tracking_uri override took effect: nothing went to the default local store in output_dir

@@ -63,7 +63,7 @@ def trained(phantom, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fold0")
     ckpt, out = root / "models", root / "eval"
     args = ["--dataset_dir", str(phantom), "--fold", "0", "--ckpt_dir", str(ckpt), "--output_dir", str(out),
-            "--epochs", "3", "--tracking", "mlflow", *TINY]
+            "--epochs", "3", "--tracking", "configs/mlflow.yaml", *TINY]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml", *args]
     proc = subprocess.Popen(cmd, cwd=BUNDLE_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_at = None
@@ -127,7 +127,7 @@ def test_mlflow_run_holds_parameters_and_one_value_per_epoch(trained):
 def test_evaluation_writes_predictions_metrics_figure_and_tracks_them(trained):
     out, ckpt, phantom = trained["out"], trained["ckpt"], trained["phantom"]
     _bundle("evaluating", "--dataset_dir", str(phantom), "--fold", "0", "--ckpt_dir", str(ckpt),
-            "--output_dir", str(out), "--tracking", "mlflow", *TINY, config=CONFIGS)
+            "--output_dir", str(out), "--tracking", "configs/mlflow.yaml", *TINY, config=CONFIGS)
     test_cases = sorted(item["case"] for item in json.loads((phantom / "datalist.json").read_text())["training"]
                         if item["fold"] == 0)
     assert len(test_cases) == 2
@@ -170,6 +170,10 @@ def test_evaluation_writes_predictions_metrics_figure_and_tracks_them(trained):
     assert "train_epoch_loss" in run.data.metrics and run.data.params["eval_checkpoint"] == str(ckpt / "model.pt")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"figure_fold0.png", "metrics.json", "metrics_per_case.csv"} <= artifacts
+    # the executed configs of training and evaluation, although --output_dir was a plain path
+    executed = sorted(a for a in artifacts if a.startswith("config_") and a.endswith(".json"))
+    assert executed and all((out / name).is_file() for name in executed)
+    assert '"dataset_dir"' in Path(client.download_artifacts(run.info.run_id, executed[-1], str(out))).read_text()
 
 
 def test_crossval_runs_folds_resumes_reports_failures_and_aggregates(phantom, tmp_path):

@@ -22,7 +22,7 @@ from scripts.data.transforms import (
 )
 from scripts.handlers.checkpoint import TrainingCheckpointHandler, find_checkpoints, latest_checkpoint, save_atomic
 from scripts.handlers.metrics_writer import MattingMetricsWriter, summarize_values
-from scripts.handlers.mlflow_run import MLflowRunHandler, flatten_params
+from scripts.handlers.mlflow_run import FoldMLFlowHandler, executed_config_path, flatten_params
 from scripts.workflows.engines import MattingEvaluator, MattingTrainer, loss_averages, output_scalar
 from scripts.workflows.splits import fold_split
 from scripts.workflows.inference import MattingInferer
@@ -329,13 +329,14 @@ def test_metrics_writer_writes_per_case_and_summary(tmp_path):
     assert summarize_values([float("nan")])["n"] == 0
 
 
-def test_mlflow_run_handler_is_inert_without_tracking_and_flattens_params():
-    engine = Engine(lambda e, b: None)
-    handler = MLflowRunHandler(run_key="x", params={"a": 1})
-    handler.attach(engine)
-    engine.run([0], max_epochs=1)
-    assert handler.run_id is None
+def test_flatten_params_and_the_executed_config_path(tmp_path):
     assert flatten_params({"a": {"b": 1, "c": (1, 2)}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+    config = tmp_path / "config_20261125_120000.json"
+    config.write_text("{}")
+    # MONAI's text for a plain --output_dir, and the path it gives for an expression
+    assert executed_config_path(f"{tmp_path} + '/config_20261125_120000.json'", tmp_path) == [str(config)]
+    assert executed_config_path(str(config), "/elsewhere") == [str(config)]
+    assert executed_config_path(None, tmp_path) == [] and executed_config_path(False, tmp_path) == []
 
 
 # ----------------------------------------------------------------------------------- crossval
@@ -358,30 +359,35 @@ def test_crossval_aggregate_and_fold_command(tmp_path):
     cmd = fold_command(1, tmp_path, tmp_path / "fold1", ["a.yaml", "b.yaml"], ["--epochs", "5"], tracking="mlflow")
     assert cmd[3:5] == ["run", "train_evaluate"] and cmd[cmd.index("--fold") + 1] == "1"
     assert cmd[cmd.index("--ckpt_dir") + 1] == str(tmp_path / "fold1" / "models")
-    assert cmd[-2:] == ["--tracking", "mlflow"] and "--epochs" in cmd
+    assert cmd[-2:] == ["--tracking", str(BUNDLE_ROOT / "configs" / "mlflow.yaml")] and "--epochs" in cmd
 
 
-def test_mlflow_run_handler_reuses_the_fold_run_and_can_drop_iteration_logging(tmp_path):
+def test_fold_mlflow_handler_reuses_the_fold_run_and_can_drop_iteration_logging(tmp_path):
     from mlflow.tracking import MlflowClient
-    from monai.handlers import MLFlowHandler
 
     uri = f"sqlite:///{tmp_path}/mlruns.db"
+    artifact = tmp_path / "figure.png"
+    artifact.write_bytes(b"png")
 
-    def run_once(run_key: str, params: dict, iteration_log: bool) -> MLflowRunHandler:
+    def run_once(run_key: str, params: dict, iteration_log: bool) -> FoldMLFlowHandler:
         engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
-        ours = MLflowRunHandler(run_key=run_key, params=params, tags={"fold": 0}, iteration_log=iteration_log)
-        ours.attach(engine)
-        MLFlowHandler(tracking_uri=uri, experiment_name="exp", run_name="fold0", close_on_complete=True,
-                      output_transform=lambda out: out["loss"]).attach(engine)
+        handler = FoldMLFlowHandler(
+            run_key=run_key, params=params, tags={"fold": 0}, tracking_uri=uri, experiment_name="exp",
+            run_name="fold0", close_on_complete=True, iteration_log=iteration_log,
+            output_transform=lambda out: out["loss"], artifacts=[[str(artifact)]],
+        )
+        handler.attach(engine)
         engine.run([1, 2], max_epochs=1)
-        return ours
+        return handler
 
     first = run_once("/out/a", {"lr": 0.1, "net": {"filters": [4, 8]}}, iteration_log=False)
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["run_key"] == "/out/a" and run.data.tags["fold"] == "0"
     assert run.data.params["lr"] == "0.1" and run.data.params["net.filters"] == "[4, 8]"
-    assert "Loss" not in run.data.metrics  # per-iteration logging detached
+    assert run.data.params["max_epochs"] == "1"  # MONAI's own parameters as well
+    assert "Loss" not in run.data.metrics  # no per-iteration logging
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["figure.png"]
     second = run_once("/out/a", {"lr": 0.2}, iteration_log=True)  # same fold again: same run, re-opened
     assert second.run_id == first.run_id
     run = client.get_run(first.run_id)
@@ -389,3 +395,21 @@ def test_mlflow_run_handler_reuses_the_fold_run_and_can_drop_iteration_logging(t
     assert [m.step for m in client.get_metric_history(run.info.run_id, "Loss")] == [1, 2]
     third = run_once("/out/b", {}, iteration_log=True)  # another output folder: another run
     assert third.run_id != first.run_id
+
+
+def test_fold_mlflow_handler_marks_a_failed_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+
+    def boom(engine, batch):
+        raise RuntimeError("boom")
+
+    engine = Engine(boom)
+    handler = FoldMLFlowHandler(run_key="/out/x", tracking_uri=uri, experiment_name="exp", run_name="fold1")
+    handler.attach(engine)
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.run([1], max_epochs=1)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["run_key"] == "/out/x"

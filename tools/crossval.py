@@ -87,8 +87,17 @@ def fold_command(
     ]
     cmd += list(overrides)
     if tracking:
-        cmd += ["--tracking", tracking, *tracking_args]
+        cmd += ["--tracking", tracking_settings(tracking), *tracking_args]
     return cmd
+
+
+#: the bundle's MLflow tracking settings (MONAI's --tracking format), what ``--tracking mlflow`` means here
+MLFLOW_SETTINGS = BUNDLE_ROOT / "configs" / "mlflow.yaml"
+
+
+def tracking_settings(tracking: str) -> str:
+    """``"mlflow"`` -> the bundle's settings file ``configs/mlflow.yaml``; any other value (a settings file) as is."""
+    return str(MLFLOW_SETTINGS) if tracking == "mlflow" else str(tracking)
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
@@ -393,7 +402,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config_file", default=None,
                    help="bundle configs as a list string, default \"['configs/train.yaml','configs/evaluate.yaml']\"")
     p.add_argument("--run_id", default="train_evaluate", help="bundle target per fold")
-    p.add_argument("--tracking", default=None, help="mlflow: one MLflow run per fold under a parent run")
+    p.add_argument("--tracking", default=None,
+                   help="mlflow (the bundle's configs/mlflow.yaml) or a MONAI tracking settings file: one MLflow run per fold under a parent run")
     p.add_argument("--tracking_uri", default=None, help="MLflow store (default sqlite:///OUT/mlruns.db)")
     p.add_argument("--experiment_name", default="medical_matting")
     p.add_argument("--cv_id", default=None, help="id grouping the folds (default: from the output folder)")

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
            "--dataset_dir", str(data_dir), "--fold", "0",
            "--output_dir", str(out), "--ckpt_dir", str(ckpt), "--run_name", "demo-fold0",
-           "--tracking", "mlflow"]
+           "--tracking", "configs/mlflow.yaml"]
     for key, value in overrides.items():
         cmd += [f"--{key}", value]
     cmd += extra
