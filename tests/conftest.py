@@ -33,6 +33,10 @@ TINY_NET_ARGS: dict[str, Any] = dict(prob_filters=(4, 8, 8, 8), matting_filters=
 TINY_OVERRIDES: dict[str, Any] = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8], "implicit_hidden": 8,
                                   "num_samples": 2}
 
+#: the tiny network of the MONAI Label server tests, as the app's ``network_overrides`` (train.yaml's network_def)
+TINY_APP_NETWORK: dict[str, Any] = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters": [4, 8, 8, 8],
+                                    "network_def#implicit_hidden": 8, "network_def#latent_dim": 2, "num_samples": 4}
+
 
 def cli_args(overrides: Mapping[str, Any]) -> list[str]:
     """``{"prob_filters": [4, 8]}`` -> ``["--prob_filters", "[4, 8]"]`` (``monai.bundle run`` style)."""

@@ -1,6 +1,5 @@
 """Download path (MONAI download_url with file:// addresses), pinned sha256, truncated / corrupt archives."""
 
-import hashlib
 import json
 import pickle
 import zipfile
@@ -12,12 +11,9 @@ import pytest
 from scripts.data.errors import DatasetSourceError
 from scripts.data.phantom import make_phantom_case
 from scripts.data.prepare import main, prepare_dataset
+from scripts.digest import sha256_file
 from scripts.data.sources import fetch_source, is_url, read_pickle_source, read_trimap_source
 from scripts.data.specs import get_spec
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _records(n: int = 3) -> dict:
@@ -43,7 +39,7 @@ def test_is_url():
 
 def test_file_url_download_with_hash(tmp_path):
     src = _pickle_zip(tmp_path / "src.zip", _records())
-    got = fetch_source(src.as_uri(), tmp_path / "dl", sha256=_sha256(src))
+    got = fetch_source(src.as_uri(), tmp_path / "dl", sha256=sha256_file(src))
     assert got.parent == tmp_path / "dl" and got.read_bytes() == src.read_bytes()
     records = read_pickle_source(got)
     assert sorted(records) == ["P0_slice1", "P1_slice1", "P2_slice1"]
@@ -118,7 +114,7 @@ def test_plain_pkl_and_non_dict(tmp_path):
 
 def test_prepare_from_file_url_and_cli(tmp_path, capsys):
     src = _pickle_zip(tmp_path / "lidc.zip", _records(4))
-    digest = _sha256(src)
+    digest = sha256_file(src)
     out = prepare_dataset("lidc", tmp_path / "out", source=src.as_uri(), source_sha256=digest, folds=2, seed=0)
     dl = json.loads((out / "datalist.json").read_text())
     assert dl["source"] == src.as_uri() and dl["source_sha256"] == digest and len(dl["training"]) == 4
@@ -136,8 +132,8 @@ def test_prepare_from_file_url_and_cli(tmp_path, capsys):
 def test_brain_growth_pins_match_shared_files(brain_growth_dir):
     spec = get_spec("brain-growth")
     assert spec.source.url.endswith("/brain_growth_alpha.zip") and spec.trimaps.url.endswith("/trimap_brain.zip")
-    assert _sha256(brain_growth_dir / "brain_growth_alpha.zip") == spec.source.sha256
-    assert _sha256(brain_growth_dir / "trimap_brain.zip") == spec.trimaps.sha256
+    assert sha256_file(brain_growth_dir / "brain_growth_alpha.zip") == spec.source.sha256
+    assert sha256_file(brain_growth_dir / "trimap_brain.zip") == spec.trimaps.sha256
 
 
 def test_brain_growth_download_path_with_pinned_hashes(brain_growth_dir, tmp_path):

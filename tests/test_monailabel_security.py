@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_APP_NETWORK, free_port, wait_until_serving
 import torch
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
@@ -32,13 +32,7 @@ requests = pytest.importorskip("requests")
 from PIL import Image  # noqa: E402
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "network_def#prob_filters": [4, 8, 8, 8],
-    "network_def#matting_filters": [4, 8, 8, 8],
-    "network_def#implicit_hidden": 8,
-    "network_def#latent_dim": 2,
-    "num_samples": 4,
-}
+TINY = TINY_APP_NETWORK
 STARTUP_TIMEOUT_S = 180
 #: folders of the bundle copy that the server itself writes (MONAI Label's app folders, caches, runs)
 RUNTIME = ("scripts/monailabel_app/model", "scripts/monailabel_app/logs", "scripts/monailabel_app/bin", "runs")
@@ -120,12 +114,6 @@ def test_config_snapshot_refuses_changed_configs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the servers
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _copy_bundle(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "*.pyc")
     dest.mkdir()
@@ -141,7 +129,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 
 def _launch(root: Path, bundle: Path, studies: Path, name: str, extra: list, host: str | None = "127.0.0.1"):
-    port = _free_port()
+    port = free_port()
     log_path = root / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / f"sessions_{name}"),
            "PYTHONUNBUFFERED": "1"}
@@ -186,17 +174,7 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
     def wait_ready(self) -> None:
-        deadline = time.time() + STARTUP_TIMEOUT_S
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        pytest.fail(f"{self.name} server did not answer /info/ within {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
+        wait_until_serving(self.proc, f"{self.url}/info/", STARTUP_TIMEOUT_S, self.log_tail, f"{self.name} server")
 
     def stop(self) -> None:
         _stop(self.proc)

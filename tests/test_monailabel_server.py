@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_APP_NETWORK, free_port, wait_until_serving
 import torch
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
@@ -31,23 +31,11 @@ from PIL import Image  # noqa: E402
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = BUNDLE_ROOT / "scripts" / "monailabel_app"
-TINY = {
-    "network_def#prob_filters": [4, 8, 8, 8],
-    "network_def#matting_filters": [4, 8, 8, 8],
-    "network_def#implicit_hidden": 8,
-    "network_def#latent_dim": 2,
-    "num_samples": 4,
-}
+TINY = TINY_APP_NETWORK
 STARTUP_TIMEOUT_S = 150
 NIFTI_AFFINE = np.array([[0.0, -0.8, 0.0, 12.5], [1.2, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0, 0, 0, 1]])
 
 pytestmark = pytest.mark.timeout(420)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_network() -> torch.nn.Module:
@@ -98,7 +86,7 @@ class Server:
         self.weights.parent.mkdir()
         torch.save(self.network.state_dict(), self.weights)
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "server.log"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
@@ -116,17 +104,7 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
     def wait_ready(self) -> None:
-        deadline = time.time() + STARTUP_TIMEOUT_S
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"monailabel server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1.0)
-        pytest.fail(f"monailabel server did not answer /info/ within {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
+        wait_until_serving(self.proc, f"{self.url}/info/", STARTUP_TIMEOUT_S, self.log_tail, "monailabel server")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

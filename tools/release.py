@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -28,16 +27,9 @@ from typing import Sequence
 
 from scripts import BUNDLE_ROOT
 from scripts.atomic import atomic_write, write_text_atomic
+from scripts.digest import sha256_file
 from tools.provenance import git_commit, library_versions, machine_info
 from tools.reproduce import prepare_brain_growth
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = {
         "command": command, "training_command": shlex.join(cmd[1:]), "commit": commit,
         "wall_seconds": round(time.time() - start, 1), "threads": args.threads, "machine": machine_info(),
-        "versions": library_versions(), "sha256": sha256(weights), "bytes": weights.stat().st_size,
+        "versions": library_versions(), "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
         "num_cases": len(json.loads((data_dir / "datalist.json").read_text())["training"]),
     }
     if not args.no_publish:

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
+from scripts.digest import sha256_file
 from scripts.data.errors import DataPreparationError, DatasetValidationError
 from scripts.data.folds import assign_folds, lidc_patient
 from scripts.data.phantom import PHANTOM_PRESETS, get_preset, make_phantom_dataset
@@ -46,14 +46,6 @@ def _pinned_hash(given: str | None, source: str | PathLike, default) -> str | No
     if default is not None and str(source) == default.url:
         return default.sha256
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | PathLike | None,
@@ -83,7 +75,7 @@ def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | 
     if trimaps is None and spec.trimaps is not None:
         trimaps = spec.trimaps.url
     src_path = fetch_source(source, download_dir, _pinned_hash(source_sha256, source, spec.source))
-    provenance["source_sha256"] = _sha256(src_path)
+    provenance["source_sha256"] = sha256_file(src_path)
     records = read_pickle_source(src_path)
     for case in records:
         validate_case_name(case)
@@ -96,7 +88,7 @@ def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | 
     if trimaps is not None:
         trimap_path = fetch_source(trimaps, download_dir, _pinned_hash(trimaps_sha256, trimaps, spec.trimaps))
         if trimap_path.is_file():
-            provenance["trimaps_sha256"] = _sha256(trimap_path)
+            provenance["trimaps_sha256"] = sha256_file(trimap_path)
         trimap_arrays = read_trimap_source(trimap_path)
         unused = sorted(set(trimap_arrays) - set(records))
         if unused:

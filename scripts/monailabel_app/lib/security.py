@@ -34,7 +34,6 @@ from __future__ import annotations
 import atexit
 import contextvars
 import functools
-import hashlib
 import inspect
 import ipaddress
 import json
@@ -49,6 +48,8 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional, 
 
 from monailabel.datastore.local import LocalDatastore
 from monailabel.utils.sessions import Sessions
+
+from scripts.digest import sha256_file
 
 from .errors import (
     ConfigChangedError,
@@ -202,14 +203,6 @@ def check_bind_host(host: Optional[str], auth_enabled: bool, allow_remote: bool)
 
 
 # ---------------------------------------------------------------------------------- configs
-def _sha256(path: Union[str, os.PathLike]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class ConfigSnapshot:
     """The bundle's configs as they were at server start, in a private folder, with their sha256.
 
@@ -250,7 +243,7 @@ class ConfigSnapshot:
             dest = folder / rel.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
-            files[rel] = _sha256(dest)
+            files[rel] = sha256_file(dest)
         owner = os.getpid()
         (folder / cls.OWNER).write_text(str(owner))
         atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
@@ -309,7 +302,7 @@ class ConfigSnapshot:
         changed = []
         for rel, digest in self.files.items():
             for path in (self.folder / rel.lstrip("/"), self._original(rel)):
-                if not path.is_file() or _sha256(path) != digest:
+                if not path.is_file() or sha256_file(path) != digest:
                     changed.append(str(path))
         if changed:
             raise ConfigChangedError(
