@@ -292,8 +292,12 @@ def safe_loads_pickle(data: bytes, source: str = "<bytes>") -> Any:
     """
     try:
         return RestrictedUnpickler(io.BytesIO(data), source=source).load()
-    except pickle.UnpicklingError:
+    except UnsafePickleError:
         raise
+    except pickle.UnpicklingError as e:  # pickle's own messages ("pickle exhausted ...") do not name the file
+        if str(e).startswith(f"{source}:"):
+            raise
+        raise pickle.UnpicklingError(f"{source}: not a valid pickle ({e})") from e
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, LookupError,
             struct.error) as e:
         raise pickle.UnpicklingError(f"{source}: not a valid pickle ({type(e).__name__}: {e})") from e
