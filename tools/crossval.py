@@ -413,6 +413,7 @@ def run_crossval(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.crossval",
+        allow_abbrev=False,  # --fold must reach the check below, not be read as --folds
         description="Train and evaluate every fold of a prepared dataset, resume finished folds, aggregate. "
         "Unknown --key value arguments are passed to every fold's bundle run (e.g. --epochs 20).",
     )
