@@ -178,3 +178,11 @@ def export_tiny_torchscript(directory: Path, **overrides):
 def tiny_torchscript(tmp_path_factory):
     """``(model.ts path, eager network)`` of :func:`export_tiny_torchscript`, exported once per session."""
     return export_tiny_torchscript(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has exited (its temporaries count as stale), as left by a killed run."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -118,10 +118,10 @@ def test_prepare_from_file_url_and_cli(tmp_path, capsys):
     out = prepare_dataset("lidc", tmp_path / "out", source=src.as_uri(), source_sha256=digest, folds=2, seed=0)
     dl = json.loads((out / "datalist.json").read_text())
     assert dl["source"] == src.as_uri() and dl["source_sha256"] == digest and len(dl["training"]) == 4
-    # the CLI: a wrong hash is an error (exit 1, message), nothing appears at --out
+    # the CLI: a wrong hash is an error (exit 2, one line), nothing appears at --out
     rc = main(["--dataset", "lidc", "--source", src.as_uri(), "--source-sha256", "f" * 64,
                "--out", str(tmp_path / "cli"), "--folds", "2"])
-    assert rc == 1 and "sha256 mismatch" in capsys.readouterr().err
+    assert rc == 2 and "sha256 mismatch" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
     rc = main(["--dataset", "lidc", "--source", src.as_uri(), "--source_sha256", digest,

@@ -316,7 +316,145 @@ def test_cli_prints_summary(tmp_path, capsys):
                      "alpha range    0 .. 255", "trimap unknown"):
         assert expected in text
     rc = main(["--dataset", "phantom", "--num_cases", "6", "--out", str(tmp_path / "ph")])
-    assert rc == 1 and "--overwrite" in capsys.readouterr().err
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
     rc = main(["--dataset", "phantom", "--num-cases", "3", "--folds", "4", "--out", str(tmp_path / "few")])  # old spelling
-    assert rc == 1 and "4 folds need at least 4 cases" in capsys.readouterr().err
+    assert rc == 2 and "4 folds need at least 4 cases" in capsys.readouterr().err
     assert not (tmp_path / "few").exists()
+
+
+# ------------------------------------------------------------------------------ streaming, stale temporaries
+_PEAK_RSS = r"""
+import resource, sys
+from scripts.data.prepare import prepare_dataset
+prepare_dataset("phantom", sys.argv[1], num_cases=int(sys.argv[2]), folds=4, seed=0, preset="brain-growth")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_cases(tmp_path, bundle_root):
+    import subprocess
+    import sys
+
+    peak = {}
+    for n in (50, 400):
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(tmp_path / f"ph{n}"), str(n)], cwd=bundle_root,
+                              capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                                "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peak[n] = int(proc.stdout.strip().splitlines()[-1]) / 1024  # MiB
+        assert len(load_datalist(tmp_path / f"ph{n}")["training"]) == n
+    print(f"peak RSS: 50 cases {peak[50]:.1f} MiB, 400 cases {peak[400]:.1f} MiB")
+    # 350 more cases held in memory would add about 60 MiB (160 KiB of arrays per case, plus their validation)
+    assert peak[400] - peak[50] < 12, peak
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path, dead_pid):
+    import os
+    import time
+
+    out = prepare_dataset("phantom", tmp_path / "ph", num_cases=4, folds=2, seed=0)
+    before = (out / "datalist.json").read_bytes()
+    # what a run killed at various moments leaves next to --out
+    stale = [tmp_path / f".ph.tmp-{dead_pid}-k1ll3d", tmp_path / f".ph.download-{dead_pid}-abc_12",
+             tmp_path / ".ph.tmp-oldname1"]  # no pid: a run of an earlier version
+    for folder in stale:
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "case001.png").write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale[2], (old, old))
+    live = tmp_path / f".ph.tmp-{os.getppid()}-running"  # a concurrent run (its process is alive): kept
+    live.mkdir()
+    other = tmp_path / ".unrelated.tmp-123-x"
+    other.mkdir()
+    prepare_dataset("phantom", out, num_cases=4, folds=2, seed=0, overwrite=True)
+    assert (out / "datalist.json").read_bytes() == before and len(load_datalist(out)["training"]) == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([live.name, other.name])
+
+
+def test_killed_between_the_two_renames_restores_the_old_dataset(tmp_path, dead_pid):
+    out = prepare_dataset("phantom", tmp_path / "ph", num_cases=4, folds=2, seed=0)
+    before = (out / "datalist.json").read_bytes()
+    # --overwrite moved the old dataset aside and was killed before the new one was renamed into place
+    os_rename = __import__("os").rename
+    os_rename(out, tmp_path / f".ph.old-{dead_pid}-x1")
+    new_tmp = tmp_path / f".ph.tmp-{dead_pid}-x2"
+    new_tmp.mkdir()
+    with pytest.raises(DataPreparationError, match="--overwrite"):  # the old dataset is back, and protected
+        prepare_dataset("phantom", out, num_cases=4, folds=2, seed=1)
+    assert (out / "datalist.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------------------ full or unwritable output
+def test_full_disk_is_one_line_naming_the_folder_and_keeps_the_old_dataset(bg_like, monkeypatch, capsys):
+    import errno
+
+    tmp_path, records, trimaps = bg_like
+    out = _prepare_bg(tmp_path, records, trimaps, seed=0)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = {"n": 0}
+    real = writer_module.write_png
+
+    def full(path, array):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, array)
+
+    monkeypatch.setattr(writer_module, "write_png", full)
+    with pytest.raises(DataPreparationError, match=rf"^{tmp_path}: no space left on device while writing the dataset"):
+        _prepare_bg(tmp_path, records, trimaps, seed=1, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # the command line: one line, exit 2, old dataset intact
+    calls["n"] = 0
+    rc = main(["--dataset", "phantom", "--num_cases", "4", "--folds", "2", "--out", str(out), "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {tmp_path}: no space left on device"), err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)  # as a folder without write permission (tests run as root)
+    rc = main(["--dataset", "phantom", "--num_cases", "4", "--folds", "2", "--out", str(tmp_path / "ph")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {tmp_path}: permission denied while writing the dataset ph; free space or "
+                               "choose another --out (nothing already there was changed)"], err
+
+
+# ------------------------------------------------------------------------------ one-line CLI errors
+def _cli_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
+    return err[0]
+
+
+def test_cli_user_errors_are_one_line_with_exit_2(bg_like, capsys):
+    tmp_path, records, trimaps = bg_like
+    src = _write_pickle(tmp_path / "src.pkl", records)
+    tri = _write_trimap_zip(tmp_path / "tri.zip", trimaps)
+    bg = ["--dataset", "brain-growth", "--trimaps", str(tri), "--out", str(tmp_path / "o")]
+    assert "--folds 1: cross-validation needs at least 2 folds" in _cli_error(
+        capsys, ["--dataset", "phantom", "--num_cases", "4", "--folds", "1", "--out", str(tmp_path / "o")])
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    line = _cli_error(capsys, [*bg, "--source", str(truncated)])
+    assert str(truncated) in line and "not a valid pickle" in line
+    zipped = tmp_path / "src.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(src, "src.pkl")
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(zipped.read_bytes()[:-30])
+    assert str(cut) in _cli_error(capsys, [*bg, "--source", str(cut)])
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(b"")
+    assert str(empty) in _cli_error(capsys, [*bg, "--source", str(empty)])
+    assert "source not found" in _cli_error(capsys, [*bg, "--source", str(tmp_path / "missing.pkl")])
+    assert not (tmp_path / "o").exists()

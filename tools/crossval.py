@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from scripts import BUNDLE_ROOT
-from scripts.atomic import write_text_atomic
+from scripts.atomic import remove_stale_temporaries, write_text_atomic
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
-__all__ = ["DEFAULT_CONFIG_FILES", "fold_command", "aggregate_folds", "write_aggregate", "run_crossval", "main"]
+__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "aggregate_folds", "write_aggregate",
+           "run_crossval", "main"]
 
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
@@ -52,6 +53,28 @@ PER_CASE_FILE = "metrics_per_case.json"
 # order of the columns in the tables (others follow in file order)
 PREFERRED_ORDER = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown",
                    "sad_image", "mse_image", "grad_image", "conn_image", "ged", "dice")
+
+
+class CrossvalError(ValueError):
+    """A cross-validation that cannot start: bad dataset folder, datalist, folds or output folder (one line)."""
+
+
+def _read_datalist_header(dataset_dir: Path) -> int:
+    """``num_folds`` of ``dataset_dir/datalist.json``; a :class:`CrossvalError` naming the file otherwise."""
+    path = dataset_dir / "datalist.json"
+    if not path.is_file():
+        raise CrossvalError(f"{path}: not found (prepare the data with python -m scripts.prepare_data)")
+    try:
+        datalist = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CrossvalError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+    num_folds = datalist.get("num_folds") if isinstance(datalist, dict) else None
+    if not isinstance(num_folds, int) or isinstance(num_folds, bool):
+        raise CrossvalError(f"{path}: no integer num_folds")
+    if num_folds < 2:
+        raise CrossvalError(f"{path}: num_folds is {num_folds}; cross-validation needs at least 2 folds "
+                            "(prepare the data again with --folds 2 or more)")
+    return num_folds
 
 
 def default_cv_id(output_dir: str | os.PathLike) -> str:
@@ -298,16 +321,22 @@ def run_crossval(
     """
     start = time.time()
     out = Path(output_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
     dataset_dir = Path(dataset_dir).absolute()
     datalist_path = dataset_dir / "datalist.json"
-    if not datalist_path.is_file():
-        raise FileNotFoundError(f"{datalist_path}: not found (prepare the data with python -m scripts.prepare_data).")
-    num_folds = int(json.loads(datalist_path.read_text())["num_folds"])
+    num_folds = _read_datalist_header(dataset_dir)
     folds = list(range(num_folds)) if not folds else [int(k) for k in folds]
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
-        raise ValueError(f"folds {bad} are not in 0 .. {num_folds - 1} ({datalist_path}).")
+        raise CrossvalError(f"--folds {' '.join(map(str, bad))}: not in 0 .. {num_folds - 1} ({datalist_path})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".crossval-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CrossvalError(f"--output_dir {out}: cannot write there ({e.strerror or e})") from e
+    # a killed earlier run of this cross-validation leaves hidden atomic-write temporaries: remove them
+    remove_stale_temporaries(out, recursive=True)
     cv_id = cv_id or default_cv_id(out)
     # configs relative to the current folder if they exist there, else to the bundle root (the folds' cwd)
     config_files = [str(Path(c).absolute()) if not os.path.isabs(c) and Path(c).is_file() else str(c)
@@ -393,6 +422,7 @@ def run_crossval(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.crossval",
+        allow_abbrev=False,  # --fold must reach the check below, not be read as --folds
         description="Train and evaluate every fold of a prepared dataset, resume finished folds, aggregate. "
         "Unknown --key value arguments are passed to every fold's bundle run (e.g. --epochs 20).",
     )
@@ -424,10 +454,21 @@ def _parse_config_files(value: str | None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: 0 all folds done, 1 a fold failed, 2 the run cannot start (one ``error:`` line)."""
     args, overrides = _parser().parse_known_args(argv)
     bad = [a for a in overrides if a.startswith("--") and a[2:].split("=")[0] in ("fold", "dataset_dir", "ckpt_dir")]
     if bad:
-        raise SystemExit(f"{bad}: the runner sets these per fold; use --folds / --dataset_dir / --output_dir.")
+        print(f"error: {' '.join(bad)}: the runner sets these per fold; use --folds / --dataset_dir / --output_dir",
+              file=sys.stderr)
+        return 2
+    try:
+        return _run(args, overrides, argv)
+    except (CrossvalError, OSError) as e:  # expected: bad folders or datalist; anything else keeps its traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
     result = run_crossval(
         dataset_dir=args.dataset_dir,
         output_dir=args.output_dir,

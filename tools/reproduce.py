@@ -54,6 +54,10 @@ COLUMNS = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown", "sad_im
            "grad_image", "conn_image", "ged", "dice")
 
 
+class ReproduceError(RuntimeError):
+    """Folds of a recipe failed or are missing (the message names the logs; rerunning resumes)."""
+
+
 def recipe_config_files(recipe: str) -> list[str]:
     """The bundle config files of a recipe, relative to the bundle root, in merge order."""
     if recipe not in RECIPES:
@@ -151,7 +155,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
                           overrides=list(extra_overrides), echo=False, command=command,
                           jobs=jobs)
     if result["failed"] or result["aggregate"]["missing"]:
-        raise RuntimeError(f"recipe {recipe}: folds failed or missing: {result['failed'] or result['aggregate']['missing']}"
+        raise ReproduceError(f"recipe {recipe}: folds failed or missing: {result['failed'] or result['aggregate']['missing']}"
                            f" (logs in {cv_dir}/fold<k>/log.txt); rerun the same command to resume.")
     agg = result["aggregate"]
     return {
@@ -190,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete this recipe's previous run instead of resuming it")
     # any other --key value pair is a bundle override for every fold, e.g. --epochs 10
     args, overrides = parser.parse_known_args(argv)
+    try:
+        return _run(args, overrides, argv)
+    except (ValueError, OSError, ReproduceError) as e:  # bad data, folders, failed folds: one line; else a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
+    """The body of :func:`main` (its errors are reported by it)."""
     command = "python -m tools.reproduce " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     start = time.time()
     work_dir, results_dir = Path(args.work_dir).absolute(), Path(args.results_dir).absolute()

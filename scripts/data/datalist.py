@@ -34,7 +34,8 @@ def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict
         ``trimap`` and each of ``masks``, plus ``case`` and ``fold``.
 
     Raises:
-        DatasetValidationError: missing or malformed datalist, a fold out of range, a missing file.
+        DatasetValidationError: missing or malformed datalist, a fold out of range, a missing file, a path
+            that is absolute or leaves ``dataset_dir`` (``..``, a symbolic link out of it).
     """
     root = Path(dataset_dir).expanduser().absolute()
     path = root / "datalist.json"
@@ -43,11 +44,15 @@ def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict
     try:
         with open(path) as f:
             datalist = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetValidationError(f"{path}: cannot read ({e})") from e
     if not isinstance(datalist, dict) or any(k not in datalist for k in _REQUIRED_TOP):
         raise DatasetValidationError(f"{path}: expected a dict with keys {list(_REQUIRED_TOP)}")
     num_folds = datalist["num_folds"]
+    if not isinstance(num_folds, int) or isinstance(num_folds, bool) or num_folds < 1:
+        raise DatasetValidationError(f"{path}: num_folds must be a positive integer, got {num_folds!r}")
+    if not isinstance(datalist["training"], list):
+        raise DatasetValidationError(f"{path}: training must be a list of cases")
     items = []
     for i, item in enumerate(datalist["training"]):
         if not isinstance(item, dict) or any(k not in item for k in (*_PATH_KEYS, "masks", "fold", "case")):
@@ -56,15 +61,32 @@ def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict
             raise DatasetValidationError(f"{path}: case '{item['case']}' has fold {item['fold']!r}, "
                                          f"expected 0 .. {num_folds - 1}")
         new = dict(item)
+        if not isinstance(item["masks"], list) or not item["masks"]:
+            raise DatasetValidationError(f"{path}: case '{item['case']}': masks must be a non-empty list of paths")
         for key in _PATH_KEYS:
-            new[key] = str(root / item[key])
-        new["masks"] = [str(root / m) for m in item["masks"]]
+            new[key] = _inside(root, path, item, key, item[key])
+        new["masks"] = [_inside(root, path, item, "masks", m) for m in item["masks"]]
         if check_files:
             for p in (*(new[k] for k in _PATH_KEYS), *new["masks"]):
                 if not Path(p).is_file():
                     raise DatasetValidationError(f"{path}: case '{item['case']}': file {p} is missing")
         items.append(new)
     return {**datalist, "training": items}
+
+
+def _inside(root: Path, datalist_path: Path, item: dict, key: str, rel: object) -> str:
+    """``root / rel`` as an absolute ``str``; an error naming the entry when ``rel`` is not a relative path that
+    stays inside ``root`` (absolute, ``..`` that leaves it, or a symbolic link that points out of it)."""
+    where = f"{datalist_path}: case '{item.get('case')}': {key} {rel!r}"
+    if not isinstance(rel, str) or not rel:
+        raise DatasetValidationError(f"{where}: expected a path relative to the dataset folder")
+    if Path(rel).is_absolute():
+        raise DatasetValidationError(f"{where}: absolute paths are refused; paths are relative to {root}")
+    full = root / rel
+    real_root = root.resolve()
+    if not full.resolve().is_relative_to(real_root):
+        raise DatasetValidationError(f"{where}: leaves the dataset folder {root} (through '..' or a symbolic link)")
+    return str(full)
 
 
 def split_folds(datalist: dict, test_fold: int) -> tuple[list[dict], list[dict]]:

@@ -35,7 +35,8 @@ from scipy import ndimage
 
 from scripts.data.trimaps import trimap_from_annotations
 
-__all__ = ["PhantomPreset", "PHANTOM_PRESETS", "get_preset", "make_phantom_case", "make_phantom_dataset"]
+__all__ = ["PhantomPreset", "PHANTOM_PRESETS", "get_preset", "make_phantom_case", "make_phantom_dataset",
+           "phantom_case_names", "iter_phantom_cases"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,28 @@ def make_phantom_case(rng: np.random.Generator, preset: str | PhantomPreset = "b
     return {"image": image, "alpha": alpha, "masks": masks, "trimap": trimap}
 
 
+def phantom_case_names(num_cases: int) -> list[str]:
+    """``["case001", "case002", ...]``: the names of ``num_cases`` phantom cases (at least 3 digits)."""
+    if num_cases < 1:
+        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
+    digits = max(3, len(str(num_cases)))
+    return [f"case{i + 1:0{digits}d}" for i in range(num_cases)]
+
+
+def iter_phantom_cases(num_cases: int, seed: int = 0, preset: str | PhantomPreset = "brain-growth"):
+    """Yield ``(name, case)`` for ``num_cases`` phantom cases, one at a time (memory does not grow with the count).
+
+    Case ``i`` draws from the ``i``-th child of ``numpy.random.SeedSequence(seed)`` (made here one by one,
+    the same children as ``SeedSequence(seed).spawn(num_cases)``), so case ``i`` does not depend on the
+    number of cases.
+    """
+    names = phantom_case_names(num_cases)
+    root = np.random.SeedSequence(seed)
+    for i, name in enumerate(names):
+        child = np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, i), pool_size=root.pool_size)
+        yield name, make_phantom_case(np.random.default_rng(child), preset)
+
+
 def make_phantom_dataset(num_cases: int, seed: int = 0, preset: str | PhantomPreset = "brain-growth") -> dict:
     """Synthesise ``num_cases`` cases named ``case001`` ...; case ``i`` uses its own child seed of ``seed``.
 
@@ -179,11 +202,6 @@ def make_phantom_dataset(num_cases: int, seed: int = 0, preset: str | PhantomPre
         preset: see :func:`make_phantom_case`.
 
     Returns:
-        ``{case: make_phantom_case(...)}`` in case order.
+        ``{case: make_phantom_case(...)}`` in case order (:func:`iter_phantom_cases` yields them one by one).
     """
-    if num_cases < 1:
-        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
-    digits = max(3, len(str(num_cases)))
-    children = np.random.SeedSequence(seed).spawn(num_cases)
-    return {f"case{i + 1:0{digits}d}": make_phantom_case(np.random.default_rng(child), preset)
-            for i, child in enumerate(children)}
+    return dict(iter_phantom_cases(num_cases, seed, preset))

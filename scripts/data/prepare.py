@@ -14,29 +14,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 
 from scripts.digest import sha256_file
 from scripts.data.errors import DataPreparationError, DatasetValidationError
 from scripts.data.folds import assign_folds, lidc_patient
-from scripts.data.phantom import PHANTOM_PRESETS, get_preset, make_phantom_dataset
+from scripts.data.phantom import PHANTOM_PRESETS, get_preset, iter_phantom_cases, phantom_case_names
 from scripts.data.sources import fetch_source, is_url, read_pickle_source, read_trimap_source
 from scripts.data.specs import DATASET_SPECS, DatasetSpec, get_spec
 from scripts.data.summary import summarize_dataset
 from scripts.data.trimaps import trimap_from_annotations
 from scripts.data.validation import validate_case, validate_case_name
-from scripts.data.writer import write_dataset
+from scripts.data.writer import remove_stale_dataset_temporaries, storage_error, temporary_prefix, write_dataset
 
-__all__ = ["DEFAULT_PHANTOM_CASES", "load_cases", "prepare_dataset", "main"]
+__all__ = ["DEFAULT_PHANTOM_CASES", "MIN_FOLDS", "load_cases", "iter_cases", "prepare_dataset", "main"]
 
 logger = logging.getLogger(__name__)
 
 #: number of phantom cases when ``num_cases`` is not given
 DEFAULT_PHANTOM_CASES = 40
+#: cross-validation needs a training and a test fold
+MIN_FOLDS = 2
 
 
 def _pinned_hash(given: str | None, source: str | PathLike, default) -> str | None:
@@ -48,10 +51,14 @@ def _pinned_hash(given: str | None, source: str | PathLike, default) -> str | No
     return None
 
 
-def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | PathLike | None,
+def iter_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | PathLike | None,
                download_dir: str | PathLike, num_cases: int | None = None, source_sha256: str | None = None,
-               trimaps_sha256: str | None = None, provenance: dict | None = None) -> dict[str, dict]:
-    """Fetch, read and validate the cases of a real (pickled) dataset.
+               trimaps_sha256: str | None = None, provenance: dict | None = None
+               ) -> tuple[list[str], Iterator[tuple[str, dict]]]:
+    """Fetch and read a real (pickled) dataset; return its case names and a generator of validated cases.
+
+    The source files are read (and the case names checked) here; each case is validated (and its trimap
+    derived when needed) only when the generator reaches it, so the writer can write it and drop it.
 
     Args:
         spec: the dataset's layout.
@@ -65,7 +72,7 @@ def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | 
         provenance: when given, receives ``source_sha256`` (and ``trimaps_sha256``) of the files read.
 
     Returns:
-        ``{case: validated arrays}``, sorted by case.
+        ``(names, cases)``: the sorted case names and a generator of ``(case, validated arrays)`` in that order.
     """
     provenance = {} if provenance is None else provenance
     if source is None:
@@ -96,18 +103,28 @@ def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | 
     elif spec.trimaps_required:
         raise DataPreparationError(f"--trimaps is required for {spec.name}")
 
-    cases = {}
-    for case in names:
-        trimap = None
-        if trimap_arrays is not None:
+    if trimap_arrays is not None:
+        for case in names:
             if case not in trimap_arrays:
                 raise DatasetValidationError(f"case '{case}': no trimap PNG named '{case}.png' in {trimaps}")
-            trimap = trimap_arrays[case]
-        arrays = validate_case(case, records[case], spec, trimap=trimap)
-        if arrays["trimap"] is None:
-            arrays["trimap"] = trimap_from_annotations(arrays["alpha"], arrays["masks"], dilation=1)
-        cases[case] = arrays
-    return cases
+
+    def cases() -> Iterator[tuple[str, dict]]:
+        for case in names:
+            trimap = trimap_arrays[case] if trimap_arrays is not None else None
+            arrays = validate_case(case, records[case], spec, trimap=trimap)
+            if arrays["trimap"] is None:
+                arrays["trimap"] = trimap_from_annotations(arrays["alpha"], arrays["masks"], dilation=1)
+            yield case, arrays
+
+    return names, cases()
+
+
+def load_cases(spec: DatasetSpec, source: str | PathLike | None, trimaps: str | PathLike | None,
+               download_dir: str | PathLike, num_cases: int | None = None, source_sha256: str | None = None,
+               trimaps_sha256: str | None = None, provenance: dict | None = None) -> dict[str, dict]:
+    """:func:`iter_cases` gathered into ``{case: validated arrays}`` (sorted by case; holds every case in memory)."""
+    _, cases = iter_cases(spec, source, trimaps, download_dir, num_cases, source_sha256, trimaps_sha256, provenance)
+    return dict(cases)
 
 
 def prepare_dataset(dataset: str, out: str | PathLike, source: str | PathLike | None = None,
@@ -136,32 +153,52 @@ def prepare_dataset(dataset: str, out: str | PathLike, source: str | PathLike | 
     """
     spec = get_spec(dataset)
     out = Path(out).expanduser().absolute()
+    if int(folds) < MIN_FOLDS:
+        raise DataPreparationError(f"--folds {folds}: cross-validation needs at least {MIN_FOLDS} folds "
+                                   "(a training and a test fold)")
     meta: dict = {"name": spec.name, "num_folds": int(folds), "seed": int(seed)}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        error = storage_error(e, out.parent, f"the dataset {out.name}")
+        if error is None:
+            raise
+        raise error from e
+    remove_stale_dataset_temporaries(out)
     if spec.name == "phantom":
         if source is not None or trimaps is not None:
             raise DataPreparationError("--source / --trimaps are not used with --dataset phantom")
         p = get_preset(preset)
         spec = DatasetSpec("phantom", p.spatial_shape, p.channels, p.raters, trimaps_required=True)
-        raw = make_phantom_dataset(DEFAULT_PHANTOM_CASES if num_cases is None else num_cases, seed, p)
-        cases = {c: validate_case(c, r, spec, trimap=r["trimap"]) for c, r in raw.items()}
+        count = DEFAULT_PHANTOM_CASES if num_cases is None else num_cases
+        names = phantom_case_names(count)
+        cases = ((c, validate_case(c, r, spec, trimap=r["trimap"])) for c, r in iter_phantom_cases(count, seed, p))
         meta["preset"] = p.name
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.download-", dir=out.parent) as download_dir:
+        try:
+            download_dir = tempfile.mkdtemp(prefix=temporary_prefix(out, "download"), dir=out.parent)
+        except OSError as e:
+            error = storage_error(e, out.parent, "the download")
+            if error is None:
+                raise
+            raise error from e
+        try:
             provenance: dict = {}
-            cases = load_cases(spec, source, trimaps, download_dir, num_cases, source_sha256, trimaps_sha256,
-                               provenance)
+            names, cases = iter_cases(spec, source, trimaps, download_dir, num_cases, source_sha256, trimaps_sha256,
+                                      provenance)
+        finally:
+            shutil.rmtree(download_dir, ignore_errors=True)  # the sources are in memory now
         meta["source"] = str(source if source is not None else spec.source.url)
         if trimaps is not None or spec.trimaps is not None:
             meta["trimaps"] = str(trimaps if trimaps is not None else spec.trimaps.url)
         else:
             meta["trimaps"] = "derived: unknown where raters disagree or 0 < alpha < 255, dilated by 1 pixel"
         meta.update(provenance)
-    if not cases:
+    if not names:
         raise DataPreparationError(f"{spec.name}: no cases")
     group_of = lidc_patient if spec.group_folds_by_patient else None
     try:
-        fold_of = assign_folds(list(cases), folds, seed, group_of=group_of)
+        fold_of = assign_folds(names, folds, seed, group_of=group_of)
     except DatasetValidationError:
         raise
     except ValueError as e:
@@ -194,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 done, 1 bad input)."""
+    """Command-line entry point; returns the exit status (0 done, 2 bad input or unwritable output: one line)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name, value in (("--source", args.source), ("--trimaps", args.trimaps)):
@@ -205,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               seed=args.seed, num_cases=args.num_cases, preset=args.preset,
                               overwrite=args.overwrite, source_sha256=args.source_sha256,
                               trimaps_sha256=args.trimaps_sha256)
-    except ValueError as e:  # DataPreparationError and friends: a clear one-line message
+    except (ValueError, OSError) as e:  # DataPreparationError and friends, file system: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(summarize_dataset(out))
     return 0

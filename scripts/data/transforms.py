@@ -57,6 +57,7 @@ __all__ = [
     "scale_intensity_to_unit",
     "ScaleIntensityToUnitd",
     "CheckMattingSampled",
+    "LoadMattingImaged",
     "matting_load_transforms",
     "matting_augment_transforms",
     "matting_train_transforms",
@@ -185,10 +186,11 @@ class ScaleIntensityToUnitd(MapTransform):
 class CheckMattingSampled(MapTransform):
     """Check that a loaded sample is consistent; raise a ``ValueError`` naming the case otherwise.
 
-    Checks: every key present, channel-first 3-D arrays, one spatial shape for all keys, one
-    channel for ``alpha`` and ``trimap``, at least one rater in ``masks``, the expected number of
-    image channels when ``image_channels`` is given. Runs once per case (it is cached with the rest
-    of the deterministic part).
+    Checks: every key present, channel-first 3-D arrays, only finite values (no NaN or Inf: found
+    when the case is loaded, with its name, instead of a NaN loss mid-epoch), one spatial shape for
+    all keys, one channel for ``alpha`` and ``trimap``, at least one rater in ``masks``, the
+    expected number of image channels when ``image_channels`` is given. Runs once per case (it is
+    cached with the rest of the deterministic part).
 
     Args:
         keys: image, alpha, masks and trimap keys (in that order).
@@ -224,6 +226,13 @@ class CheckMattingSampled(MapTransform):
                     f"got shape {tuple(getattr(value, 'shape', ()))}."
                 )
             shapes[key] = tuple(value.shape)
+            values = value if isinstance(value, torch.Tensor) else np.asarray(value)
+            finite = torch.isfinite(values).all() if isinstance(values, torch.Tensor) else np.isfinite(values).all()
+            if (values.dtype.is_floating_point if isinstance(values, torch.Tensor) else
+                    np.issubdtype(values.dtype, np.inexact)) and not bool(finite):
+                meta = getattr(value, "meta", None) or {}
+                where = f" ({meta['filename_or_obj']})" if meta.get("filename_or_obj") else ""
+                raise ValueError(f"case {case}: {key!r}{where} holds NaN or infinite values.")
         spatial = {key: shape[1:] for key, shape in shapes.items()}
         if len(set(spatial.values())) != 1:
             raise ValueError(f"case {case}: image, alpha, masks and trimap differ in size: {spatial}.")
@@ -238,6 +247,57 @@ class CheckMattingSampled(MapTransform):
                 "(set in_channels to the dataset's channels)."
             )
         return d
+
+
+class LoadMattingImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` whose errors name the case, the key and the file that cannot be read.
+
+    ``LoadImaged`` reports a truncated or corrupt file as "cannot find a suitable reader ... install
+    the reader libraries"; this subclass re-raises a ``ValueError`` such as ``case case07: cannot read
+    'alpha' file .../alpha/case07.png: image file is truncated``.
+
+    Args:
+        case_key: key of the case name used in the error messages.
+        args, kwargs: as ``LoadImaged``.
+    """
+
+    def __init__(self, *args: Any, case_key: str = "case", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.case_key = case_key
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        try:
+            return super().__call__(data, reader)
+        except Exception as e:
+            case = dict(data).get(self.case_key, "<unnamed case>")
+            for key in self.key_iterator(dict(data)):
+                files = data[key] if isinstance(data[key], (list, tuple)) else [data[key]]
+                for path in files:
+                    reason = _unreadable_reason(path)
+                    if reason:
+                        raise ValueError(f"case {case}: cannot read {key!r} file {path}: {reason}") from e
+            raise
+
+
+def _unreadable_reason(path: Any) -> str | None:
+    """Why the image file ``path`` cannot be read (missing, empty, truncated, corrupt), or None if it can."""
+    import os
+
+    from PIL import Image
+
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    if not os.path.isfile(path):
+        return "no such file"
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as e:  # PIL raises many types for broken files
+        lines = str(e).strip().splitlines()
+        return f"truncated or corrupt image ({type(e).__name__}: {lines[0] if lines else 'unreadable'})"
+    return None
 
 
 def matting_load_transforms(
@@ -257,7 +317,7 @@ def matting_load_transforms(
     keys = list(keys)
     image_key, alpha_key = keys[0], keys[1]
     return [
-        LoadImaged(
+        LoadMattingImaged(
             keys=keys,
             reader="PILReader",
             reverse_indexing=False,

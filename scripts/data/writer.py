@@ -7,8 +7,11 @@ Layout (see ``docs/architecture.md``)::
 
 Everything is written into a hidden temporary folder next to ``DIR`` (same file system), every PNG is
 read back and compared with the array it came from, ``datalist.json`` is written last, and only
-then is the folder renamed to ``DIR``. A failed or interrupted run removes its temporary folder (a
-killed one leaves only the hidden ``.DIR.tmp-*`` folder), so ``DIR`` never holds a partial dataset.
+then is the folder renamed to ``DIR``. Cases are written one at a time as they come (an iterable of
+``(case, arrays)`` pairs), so memory does not grow with the number of cases. A failed or
+interrupted run removes its temporary folder (a killed one leaves only the hidden
+``.DIR.tmp-<pid>-*`` folder, which the next run for ``DIR`` removes), so ``DIR`` never holds a
+partial dataset. A full or unwritable file system is a one-line error naming the folder.
 An existing non-empty ``DIR`` is refused unless ``overwrite=True`` and it is itself a prepared dataset
 (holds ``datalist.json``); it is then swapped out only after the new dataset is complete.
 
@@ -18,20 +21,24 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from scripts.atomic import is_stale
 from scripts.data.errors import DataPreparationError
 
-__all__ = ["DATALIST_NAME", "case_paths", "write_png", "read_png", "write_dataset"]
+__all__ = ["DATALIST_NAME", "case_paths", "write_png", "read_png", "write_dataset", "temporary_prefix",
+           "remove_stale_dataset_temporaries", "storage_error"]
 
 DATALIST_NAME = "datalist.json"
 
@@ -59,6 +66,54 @@ def read_png(path: str | PathLike) -> np.ndarray:
         return np.array(img)
 
 
+def temporary_prefix(out: Path, kind: str) -> str:
+    """Prefix of this process's hidden temporary folders next to ``out``: ``.<out>.<kind>-<pid>-``."""
+    return f".{out.name}.{kind}-{os.getpid()}-"
+
+
+def remove_stale_dataset_temporaries(out: str | PathLike) -> list[Path]:
+    """Clean up after a killed run for ``out``: remove its stale ``.<out>.{tmp,download,old}-*`` folders.
+
+    A temporary is stale when the process in its name is gone (or, without a pid, it predates this
+    process). A stale ``.old-`` folder is a previous dataset that was being replaced: when ``out`` is
+    missing (killed between the two renames) it is renamed back to ``out`` instead of deleted.
+
+    Returns the removed (or restored) paths.
+    """
+    out = Path(out).expanduser().absolute()
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?P<kind>tmp|download|old)-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
+    done = []
+    for path in sorted(out.parent.iterdir()):
+        match = pattern.match(path.name)
+        if not match or not is_stale(path, int(match["pid"]) if match["pid"] else None):
+            continue
+        if match["kind"] == "old" and not out.exists() and (path / DATALIST_NAME).is_file():
+            os.rename(path, out)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        done.append(path)
+    return done
+
+
+#: errors of the file system that the user can fix, and how they are described
+_STORAGE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                   errno.EROFS: "read-only file system"}
+
+
+def storage_error(error: OSError, folder: Path, what: str) -> DataPreparationError | None:
+    """A one-line :class:`DataPreparationError` for a full or unwritable ``folder`` (None for other errors)."""
+    reason = _STORAGE_ERRORS.get(error.errno)
+    if reason is None:
+        return None
+    return DataPreparationError(f"{folder}: {reason} while writing {what}; free space or choose another --out "
+                                "(nothing already there was changed)")
+
+
 def _check_target(out: Path, overwrite: bool) -> bool:
     """Return whether ``out`` exists (and may be replaced); raise when it must not be touched."""
     if not out.exists() and not out.is_symlink():
@@ -75,12 +130,14 @@ def _check_target(out: Path, overwrite: bool) -> bool:
     return True
 
 
-def write_dataset(cases: Mapping[str, dict], folds: Mapping[str, int], out: str | PathLike, meta: dict,
-                  overwrite: bool = False) -> Path:
+def write_dataset(cases: Mapping[str, dict] | Iterable[tuple[str, dict]], folds: Mapping[str, int],
+                  out: str | PathLike, meta: dict, overwrite: bool = False) -> Path:
     """Write ``cases`` to ``out`` (atomically, see the module docstring) and return ``out``.
 
     Args:
-        cases: ``{case: {"image", "alpha", "masks", "trimap"}}`` of validated uint8 arrays.
+        cases: ``{case: {"image", "alpha", "masks", "trimap"}}`` of validated uint8 arrays (written in
+            sorted order), or an iterable of ``(case, arrays)`` pairs written in the order they come and
+            dropped after writing (a generator keeps memory flat however many cases there are).
         folds: ``{case: fold}`` for every case.
         out: the dataset folder.
         meta: top-level entries of ``datalist.json`` (``name``, ``num_folds``, ``seed``, ...); ``training``
@@ -88,16 +145,25 @@ def write_dataset(cases: Mapping[str, dict], folds: Mapping[str, int], out: str 
         overwrite: replace an existing prepared dataset at ``out``.
 
     Raises:
-        DataPreparationError: ``out`` may not be replaced, or a written file does not read back identically.
+        DataPreparationError: ``out`` may not be replaced, a written file does not read back identically,
+            or the file system is full or not writable (the message names the folder).
     """
     out = Path(out).expanduser().absolute()
-    missing = sorted(set(cases) - set(folds))
-    if missing:
-        raise DataPreparationError(f"no fold for case(s) {missing[:5]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    replace = _check_target(out, overwrite)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if isinstance(cases, Mapping):
+        missing = sorted(set(cases) - set(folds))
+        if missing:
+            raise DataPreparationError(f"no fold for case(s) {missing[:5]}")
+        cases = ((case, cases[case]) for case in sorted(cases))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_dataset_temporaries(out)
+        replace = _check_target(out, overwrite)
+        tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(out, "tmp"), dir=out.parent))
+    except OSError as e:
+        error = storage_error(e, out.parent, f"the dataset {out.name}")
+        if error is None:
+            raise
+        raise error from e
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -105,8 +171,9 @@ def write_dataset(cases: Mapping[str, dict], folds: Mapping[str, int], out: str 
         for sub in ("images", "alpha", "masks", "trimaps"):
             (tmp / sub).mkdir()
         training = []
-        for case in sorted(cases):
-            arrays = cases[case]
+        for case, arrays in cases:
+            if case not in folds:
+                raise DataPreparationError(f"no fold for case '{case}'")
             paths = case_paths(case, len(arrays["masks"]))
             pairs = [(paths["image"], arrays["image"]), (paths["alpha"], arrays["alpha"]),
                      (paths["trimap"], arrays["trimap"]), *zip(paths["masks"], arrays["masks"])]
@@ -116,6 +183,7 @@ def write_dataset(cases: Mapping[str, dict], folds: Mapping[str, int], out: str 
                 if back.shape != array.shape or not np.array_equal(back, array):
                     raise DataPreparationError(f"case '{case}': {rel} does not read back identically")
             training.append({"case": case, "fold": int(folds[case]), **paths})
+            del arrays, pairs  # the next case does not keep this one alive
         datalist = {**meta, "training": training}
         with open(tmp / DATALIST_NAME, "w") as f:
             json.dump(datalist, f, indent=1)
@@ -124,7 +192,7 @@ def write_dataset(cases: Mapping[str, dict], folds: Mapping[str, int], out: str 
             os.fsync(f.fileno())
 
         if replace:
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            backup = Path(tempfile.mkdtemp(prefix=temporary_prefix(out, "old"), dir=out.parent))
             backup.rmdir()
             os.rename(out, backup)
             try:
@@ -135,7 +203,11 @@ def write_dataset(cases: Mapping[str, dict], folds: Mapping[str, int], out: str 
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.rename(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            error = storage_error(e, out.parent, f"the dataset {out.name}")
+            if error is not None:
+                raise error from e
         raise
     return out

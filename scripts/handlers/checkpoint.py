@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.atomic import atomic_write
+from scripts.atomic import atomic_write, remove_stale_temporaries
 
 __all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "latest_checkpoint", "save_atomic"]
 
@@ -164,12 +164,8 @@ class TrainingCheckpointHandler:
 
     # ------------------------------------------------------------------ resume
     def _remove_stale_tmp(self) -> None:
-        if self.ckpt_dir.is_dir():
-            # the temporary names atomic_write gives the checkpoints and the final file
-            patterns = [".checkpoint_epoch=*.pt.*.tmp"] + ([f".{self.final_filename}.*.tmp"] if self.final_filename else [])
-            for pattern in patterns:
-                for path in self.ckpt_dir.glob(pattern):
-                    path.unlink(missing_ok=True)
+        # the temporaries of a killed run (atomic_write names them with the writer's pid)
+        remove_stale_temporaries(self.ckpt_dir)
 
     def load(self, engine: Engine) -> None:
         """Restore the newest checkpoint of ``ckpt_dir`` into ``save_dict`` and the engine (if any)."""
@@ -182,7 +178,10 @@ class TrainingCheckpointHandler:
         try:
             checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
         except Exception as e:  # a corrupt file cannot come from save_atomic, but say which file it is
-            raise RuntimeError(f"cannot read the training checkpoint {path}: {e}") from e
+            lines = str(e).strip().splitlines()
+            reason = lines[0] if lines else f"{type(e).__name__} (empty or truncated file)"
+            raise RuntimeError(f"cannot read the training checkpoint {path}: {reason}; delete it to start "
+                               "again from the previous one (or from scratch)") from e
         missing = [k for k in (*self.save_dict, "trainer") if k not in checkpoint]
         if missing:
             raise ValueError(f"training checkpoint {path} lacks {missing}; delete it or use another ckpt_dir.")
