@@ -30,12 +30,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 TINY_NET_ARGS: dict[str, Any] = dict(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8,
                                      num_samples=2, sample_seed=0)
 #: the same network as config overrides (top-level keys of configs/train.yaml)
-TINY_OVERRIDES: dict[str, Any] = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8], "implicit_hidden": 8,
-                                  "num_samples": 2}
+TINY_OVERRIDES: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in TINY_NET_ARGS.items() if k != "sample_seed"}
 
 #: the tiny network of the MONAI Label server tests, as the app's ``network_overrides`` (train.yaml's network_def)
-TINY_APP_NETWORK: dict[str, Any] = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters": [4, 8, 8, 8],
-                                    "network_def#implicit_hidden": 8, "network_def#latent_dim": 2, "num_samples": 4}
+TINY_APP_NETWORK: dict[str, Any] = {("num_samples" if k == "num_samples" else f"network_def#{k}"): v
+                                    for k, v in TINY_OVERRIDES.items()}
 
 
 def cli_args(overrides: Mapping[str, Any]) -> list[str]:
@@ -144,8 +144,7 @@ def tiny_cli_args(tiny_overrides) -> list[str]:
 # --- TorchScript export of a tiny network (tests/test_export.py, tests/test_model_zoo_checks.py) ---------
 #: config and top-level overrides of the export tests: the one place to repoint when the configs change
 EXPORT_CONFIG = BUNDLE_ROOT / "configs" / "train.yaml"
-TINY_NETWORK = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8, 8], "implicit_hidden": 8,
-                "latent_dim": 3, "num_samples": 4, "sample_seed": 5, "network_def#test_time_flips": "h"}
+TINY_NETWORK = {**TINY_OVERRIDES, "latent_dim": 3, "num_samples": 4, "sample_seed": 5, "network_def#test_time_flips": "h"}
 
 
 def export_tiny_torchscript(directory: Path, **overrides):

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence
 import pytest
 import torch
 
-from conftest import BUNDLE_ROOT
+from conftest import BUNDLE_ROOT, TINY_NET_ARGS
 from scripts.networks import MedicalMattingNet
 from scripts.networks.medical_matting_net import prior_noise
 from scripts.networks.uncertainty import binary_entropy_uncertainty
@@ -24,8 +24,7 @@ SIZES = [(1, 32, 32), (2, 24, 40), (1, 136, 144)]  # square, non-square and batc
 
 def _tiny(**kw) -> MedicalMattingNet:
     torch.manual_seed(0)
-    kw = {"prob_filters": (4, 8, 8, 8), "matting_filters": (4, 8, 8, 8), "implicit_hidden": 8, "latent_dim": 3,
-          "num_samples": 4, "sample_seed": 5, **kw}
+    kw = {**TINY_NET_ARGS, "latent_dim": 3, "num_samples": 4, "sample_seed": 5, **kw}
     net = MedicalMattingNet(**kw).eval()
     with torch.no_grad():  # non-zero offsets so the learned deformable sampling is exercised
         for module in net.modules():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_NET_ARGS
 import torch
 from PIL import Image
 
@@ -16,7 +17,6 @@ from scripts.networks import MedicalMattingNet
 from scripts.workflows.inference import EnsureImage2Dd, MattingInferer, list_input_images, load_trained_network
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-TINY = {"prob_filters": [4, 8, 8, 8], "matting_filters": [4, 8, 8, 8], "implicit_hidden": 8}
 NIFTI_AFFINE = np.array([[0.0, -0.8, 0.0, 12.5], [1.2, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0, 0, 0, 1]])
 
 
@@ -31,7 +31,7 @@ def _phantom(h: int, w: int, seed: int) -> np.ndarray:
 
 def _tiny_net(seed: int) -> MedicalMattingNet:
     torch.manual_seed(seed)
-    net = MedicalMattingNet(num_samples=2, sample_seed=0, **TINY)
+    net = MedicalMattingNet(**TINY_NET_ARGS)
     with torch.no_grad():  # move the weights away from any fresh initialisation
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -185,7 +185,7 @@ def test_load_trained_network_builds_the_checkpoints_network(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="m.pt cannot be read"):
         load_trained_network(tmp_path / "m.pt")
-    net = MedicalMattingNet(norm="BATCH", latent_dim=3, test_time_flips="h", **TINY)
+    net = MedicalMattingNet(**dict(TINY_NET_ARGS, norm="BATCH", latent_dim=3, test_time_flips="h"))
     torch.save({"network": net.state_dict(), "epoch": 2}, tmp_path / "m.pt")
     served = load_trained_network(tmp_path / "m.pt")
     assert served.config == net.config

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TINY_APP_NETWORK
 import torch
 from PIL import Image
 
@@ -28,8 +29,7 @@ from scripts.monailabel_app.lib.trainers.dataset import (
     trimap_for_label,
 )
 
-TINY = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters": [4, 8, 8, 8],
-        "network_def#implicit_hidden": 8, "num_samples": 2}
+TINY = TINY_APP_NETWORK
 
 
 def test_to_unit_range_is_the_bundles_one_intensity_rule():

@@ -4,6 +4,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET_ARGS
 import torch
 
 from scripts.networks import MattingUNet, MedicalMattingNet, RegionAwareImplicitUpsampler
@@ -221,8 +222,7 @@ def test_network_cost_benchmark_smoke(tmp_path):
 
 # ------------------------------------------------------------------ the checkpoint carries its network
 def _small(**kw):
-    args = dict(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8, latent_dim=2, num_samples=2,
-                sample_seed=0)
+    args = dict(TINY_NET_ARGS, latent_dim=2)
     args.update(kw)
     return MedicalMattingNet(**args)
 

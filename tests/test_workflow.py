@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_OVERRIDES, cli_args
 import torch
 from PIL import Image
 
@@ -25,10 +26,7 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
 CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
-TINY = [
-    "--prob_filters", "[4,8,8]", "--matting_filters", "[4,4,8]", "--implicit_hidden", "8",
-    "--latent_dim", "2", "--num_samples", "2", "--progress_bar", "False",
-]
+TINY = [*cli_args(TINY_OVERRIDES), "--progress_bar", "False"]
 METRICS = ["sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown",
            "sad_image", "mse_image", "grad_image", "conn_image", "ged", "dice"]
 

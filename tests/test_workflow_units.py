@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import os
 import math
 from pathlib import Path
 
@@ -302,8 +304,10 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
     # a temporary file left by a killed process is removed at the next start
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / ".checkpoint_epoch=2.pt.abc.tmp").write_bytes(b"x")
-    (run_dir / ".model.pt.abc.tmp").write_bytes(b"x")
+    # a writer whose process is gone (pid above the kernel's maximum), and an older-style name from before this process
+    for name in (f".checkpoint_epoch=2.pt.99999999-{'a' * 32}.tmp", f".model.pt.{'b' * 32}.tmp"):
+        (run_dir / name).write_bytes(b"x")
+        os.utime(run_dir / name, (time.time() - 3600, time.time() - 3600))
     _toy_training(run_dir, 1)[0].run([torch.ones(1, 2)], max_epochs=1)
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
 
