@@ -153,7 +153,8 @@ def write_dataset(cases: Mapping[str, dict] | Iterable[tuple[str, dict]], folds:
         missing = sorted(set(cases) - set(folds))
         if missing:
             raise DataPreparationError(f"no fold for case(s) {missing[:5]}")
-        cases = ((case, cases[case]) for case in sorted(cases))
+        mapping = cases
+        cases = ((case, mapping[case]) for case in sorted(mapping))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_dataset_temporaries(out)
