@@ -694,30 +694,33 @@ def _run_inference_in_threads() -> None:
     """
     import sys
 
-    ml_app = sys.modules.get("monailabel.app")
-    if ml_app is None:  # the app is used outside the server (tests, scripts): nothing to serve
-        return
     from fastapi.routing import APIRoute
     from monailabel.endpoints import infer as infer_ep
 
-    routes = ml_app.app.router.routes
-    for i, route in enumerate(routes):
-        if not (isinstance(route, APIRoute) and route.path.endswith("/infer/{model}") and "POST" in route.methods):
-            continue
-        if getattr(route.endpoint, "__medical_matting_guard__", False):
-            return
+    def api_run_inference(**kw):
+        return infer_ep.run_inference(kw["background_tasks"], kw["model"], kw.get("image", ""),
+                                      kw.get("session_id", ""), kw.get("params", "{}"), kw.get("file"),
+                                      kw.get("label"), kw.get("output"))
 
-        def api_run_inference(**kw):
-            return infer_ep.run_inference(kw["background_tasks"], kw["model"], kw.get("image", ""),
-                                          kw.get("session_id", ""), kw.get("params", "{}"), kw.get("file"),
-                                          kw.get("label"), kw.get("output"))
-
-        api_run_inference.__signature__ = inspect.signature(route.endpoint)
-        api_run_inference.__doc__ = route.endpoint.__doc__
-        api_run_inference.__medical_matting_guard__ = True
-        routes[i] = APIRoute(route.path, api_run_inference, methods=list(route.methods), name=route.name,
-                             summary=route.summary, tags=route.tags, dependencies=route.dependencies)
-        return
+    # the endpoint module's router (FastAPI >= 0.120 serves included routers from it) and, when the
+    # server runs, the application's router (older FastAPI copies the routes into it)
+    ml_app = sys.modules.get("monailabel.app")
+    routers = [infer_ep.router] + ([ml_app.app.router] if ml_app is not None else [])
+    for router in routers:
+        for i, route in enumerate(router.routes):
+            if not (isinstance(route, APIRoute) and route.path.endswith("/infer/{model}") and "POST" in route.methods):
+                continue
+            if getattr(route.endpoint, "__medical_matting_guard__", False):
+                continue
+            endpoint = functools.partial(api_run_inference)  # a fresh callable per route, same parameters
+            endpoint.__signature__ = inspect.signature(route.endpoint)
+            endpoint.__doc__ = route.endpoint.__doc__
+            endpoint.__medical_matting_guard__ = True
+            router.routes[i] = APIRoute(route.path, endpoint, methods=list(route.methods), name=route.name,
+                                        summary=route.summary, tags=route.tags, dependencies=route.dependencies)
+        changed = getattr(router, "_mark_routes_changed", None)
+        if callable(changed):
+            changed()
 
 
 def _guarded_inference(original, app, background_tasks, model, image, session_id, params, file, label, output):
