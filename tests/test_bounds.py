@@ -13,11 +13,9 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BUNDLE_ROOT, TINY_NET_ARGS, bundle_env
+from conftest import BUNDLE_ROOT, TINY_NET_ARGS, bundle_env, smooth_image, write_png_bomb
 
 BAND_CONFIGS = [
     {},
@@ -35,23 +33,6 @@ BAND_CONFIGS = [
     {"scales": 2, "kernel_size": 3, "upsampling": "local_ensemble"},
     {"test_time_flips": "hv", "norm": "BATCH"},
 ]
-
-
-def write_png_bomb(path: Path, width: int, height: int) -> Path:
-    """A valid grey 8-bit PNG of zeros (tiny file, huge image), written without holding the image."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    comp, rows = zlib.compressobj(9), bytes(width + 1) * 64
-    body = b"".join(comp.compress(rows) for _ in range(height // 64)) + comp.compress(bytes(width + 1) * (height % 64))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body + comp.flush()) + chunk(b"IEND", b""))
-    return path
-
-
-def _smooth(h: int, w: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    return (128 + 100 * np.sin(yy / (0.08 * h)) * np.cos(xx / (0.05 * w))).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------- one decode path
@@ -125,7 +106,7 @@ def test_header_checks_of_each_format(tmp_path):
 
     from scripts.data.image_limits import ImageTooLargeError, UnreadableImageError, check_image_header
 
-    Image.fromarray(_smooth(20, 30)).save(tmp_path / "a.png")
+    Image.fromarray(smooth_image(20, 30)).save(tmp_path / "a.png")
     assert check_image_header(tmp_path / "a.png").shape == (20, 30)
     nib.save(nib.Nifti1Image(np.zeros((20, 30, 4), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
     assert check_image_header(tmp_path / "v.nii.gz").shape == (20, 30, 4)
@@ -179,7 +160,7 @@ print(proc.returncode, killed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_m
 def test_a_4000_by_4000_image_is_inferred_under_1_5_gb_peak_rss(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
-    Image.fromarray(_smooth(4000, 4000)).save(inp / "large.png")
+    Image.fromarray(smooth_image(4000, 4000)).save(inp / "large.png")
     ckpt = _tiny_checkpoint(tmp_path)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
            "--input_path", str(inp), "--output_dir", str(out), "--ckpt_path", str(ckpt)]
@@ -205,10 +186,10 @@ def test_a_folder_with_bad_files_processes_every_good_file_and_reports_each_bad_
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     for i in range(2):
-        Image.fromarray(_smooth(40, 48 + 8 * i)).save(inp / f"good{i}.png")
+        Image.fromarray(smooth_image(40, 48 + 8 * i)).save(inp / f"good{i}.png")
     (inp / "truncated.png").write_bytes((inp / "good0.png").read_bytes()[:60])
     (inp / "garbage.png").write_bytes(b"this is not a png" * 8)
-    Image.fromarray(np.dstack([_smooth(40, 48)] * 3)).save(inp / "rgb.png")
+    Image.fromarray(np.dstack([smooth_image(40, 48)] * 3)).save(inp / "rgb.png")
     nan = np.random.default_rng(0).random((30, 30)).astype(np.float32)
     nan[3, 3] = np.nan
     nib.save(nib.Nifti1Image(nan, np.eye(4)), str(inp / "nan.nii.gz"))
@@ -236,7 +217,7 @@ def test_a_folder_with_bad_files_processes_every_good_file_and_reports_each_bad_
 def test_an_output_folder_inside_the_input_folder_is_refused(tmp_path):
     from scripts.workflows.inference import list_input_images
 
-    Image.fromarray(_smooth(20, 20)).save(tmp_path / "a.png")
+    Image.fromarray(smooth_image(20, 20)).save(tmp_path / "a.png")
     for out in (tmp_path, tmp_path / "out", tmp_path / "out" / "deeper"):
         with pytest.raises(ValueError, match="is inside the input folder"):
             list_input_images(tmp_path, out)

@@ -28,8 +28,7 @@ pytest.importorskip("monailabel", reason="monailabel is not installed (pip insta
 requests = pytest.importorskip("requests")
 from PIL import Image  # noqa: E402
 
-from conftest import BUNDLE_ROOT, free_port, wait_until_serving  # noqa: E402
-from test_bounds import _smooth, write_png_bomb  # noqa: E402
+from conftest import BUNDLE_ROOT, free_port, smooth_image, wait_until_serving, write_png_bomb  # noqa: E402
 
 TINY = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters": [4, 8, 8],
         "network_def#implicit_hidden": 8, "network_def#norm": None, "num_samples": 2}
@@ -49,8 +48,8 @@ def server(tmp_path_factory):
     shutil.copytree(BUNDLE_ROOT / "scripts", bundle / "scripts", ignore=ignore)
     studies = root / "studies"
     studies.mkdir()
-    Image.fromarray(_smooth(64, 64)).save(studies / "small.png")
-    Image.fromarray(_smooth(LARGE, LARGE)).save(studies / "large.png")
+    Image.fromarray(smooth_image(64, 64)).save(studies / "small.png")
+    Image.fromarray(smooth_image(LARGE, LARGE)).save(studies / "large.png")
     write_png_bomb(studies / "bomb.png", 30000, 30000)
     (studies / "broken.png").write_bytes((studies / "small.png").read_bytes()[:70])
     port = free_port()

@@ -11,8 +11,13 @@ around the pieces defined here, which no library provides:
 - :func:`load_trained_network`: the network a checkpoint was trained as (its saved constructor
   arguments), with the checkpoint's weights: whatever recipe trained a model, it is served as is;
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
-- :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size):
-  the inferer of evaluation, CLI inference and the MONAI Label app alike;
+- :func:`check_output_dir`: refuses an output folder inside the input folder;
+- :class:`CatchFailuresd` and :func:`collate_with_failures`: a file that fails (unreadable, too
+  large, wrong shape, NaN, unwritable) becomes a recorded failure instead of aborting the folder
+  (``scripts.handlers.inference_summary.InferenceSummary`` reports them and sets the exit code);
+- :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size)
+  on a grid of at most ``max_internal_size`` pixels, decoding large outputs in bands of rows
+  (``network.predict_in_rows``): the inferer of evaluation, CLI inference and the MONAI Label app alike;
 - :class:`MattingInferenceEvaluator`: a ``SupervisedEvaluator`` whose iteration keeps both the
   alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``.
 """
@@ -463,6 +468,10 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
     the same iteration events as ``SupervisedEvaluator``, so MONAI handlers (stats, MLflow,
     ``MattingPredictionWriter``) attach as usual. All ``SupervisedEvaluator`` arguments apply;
     ``inferer`` must return a dict with ``alpha`` and ``uncertainty`` (default :class:`MattingInferer`).
+
+    A batch's items that failed to load (``"failures"``, :func:`collate_with_failures`) and a batch
+    whose inference raises are recorded in ``engine.state.inference_failures`` instead of stopping
+    the run; the batch then has no output.
 
     Example::
 
