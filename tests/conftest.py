@@ -1,6 +1,6 @@
 """Shared test fixtures, paths and helpers: the tiny network, the tiny config overrides, servers.
 
-Fixtures are used by name; the plain helpers (``free_port``, ``wait_until_serving``,
+Fixtures are used by name; the plain helpers (``free_port``, ``wait_until_serving``, ``smooth_image``, ``write_png_bomb``,
 ``bundle_env``, ``run_bundle``, ``cli_args``) are imported with ``from conftest import ...``.
 """
 
@@ -185,3 +185,27 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# --- large and malformed images (tests/test_bounds.py, tests/test_monailabel_bounds.py) ----------------
+def smooth_image(h: int, w: int):
+    """uint8 (h, w) grey image of smooth waves: compresses well as PNG, so large test images stay small."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (128 + 100 * np.sin(yy / (0.08 * h)) * np.cos(xx / (0.05 * w))).astype(np.uint8)
+
+
+def write_png_bomb(path: Path, width: int, height: int) -> Path:
+    """A valid grey 8-bit PNG of zeros (a small file, a huge image), written without holding the image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp, rows = zlib.compressobj(9), bytes(width + 1) * 64
+    body = b"".join(comp.compress(rows) for _ in range(height // 64)) + comp.compress(bytes(width + 1) * (height % 64))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body + comp.flush()) + chunk(b"IEND", b""))
+    return path

@@ -15,8 +15,11 @@ It serves
 
 plus everything MONAI Label serves for any app (``/info/``, ``/datastore/``, ``/activelearning/``...).
 Requests the app refuses get a 4xx with the reason in ``detail`` (400 bad option or id, 403 training
-not enabled, 404 unknown image / model, 409 no trained weights or changed configs, 415 unsupported
-image), and the server keeps running.
+not enabled, 404 unknown image / model, 409 no trained weights or changed configs, 413 image above
+the documented maximum size, 415 unsupported or unreadable image; 503 too many waiting inferences),
+and the server keeps running. Inference runs in the server's thread pool, at most ``infer_workers``
+at once (one of them always free for images within the internal grid), so a large image does not
+stall other requests.
 
 Every id, tag, file name and option a request carries is checked before MONAI Label uses it
 (``lib/security.py``): ids and tags are plain names confined to the datastore, uploads are images,
@@ -44,6 +47,7 @@ from lib.security import (
     check_bind_host,
     check_name,
     check_studies_location,
+    configure_slots,
     install_request_guards,
     is_plain_name,
     trusted_inputs,
@@ -108,6 +112,7 @@ class MedicalMattingApp(MONAILabelApp):
             description=f"Alpha mattes and uncertainty maps of medical images. {status}",
             version="1.0",
         )
+        configure_slots(int(conf.get("infer_workers", 2)))
         install_request_guards(app_instance)
 
     # ------------------------------------------------------------------ MONAI Label hooks
@@ -157,6 +162,13 @@ class MedicalMattingApp(MONAILabelApp):
         if task is None:
             raise UnknownTaskError(f"unknown model {str(model)[:64]!r}; GET /info/ lists the models")
         return task.check_options(params)
+
+    def model_settings(self, model: Any) -> Dict[str, Any]:
+        """The inference settings of a served model (``max_internal_size``, ``max_image_pixels``, ...)."""
+        config = self.models.get(model) if isinstance(model, str) else None
+        if config is None:
+            raise UnknownTaskError(f"unknown model {str(model)[:64]!r}; GET /info/ lists the models")
+        return config.model.settings()
 
     def check_train_request(self, model: Any, params: Mapping[str, Any]) -> None:
         """Refuse a training request before MONAI Label queues it (disabled, bad options, changed configs)."""

@@ -30,9 +30,37 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["RegionAwareImplicitUpsampler"]
+__all__ = ["RegionAwareImplicitUpsampler", "resize_rows"]
 
 _MODES = ("region_aware", "local_ensemble")
+
+
+def resize_rows(x: torch.Tensor, size: Sequence[int], row_start: int, row_stop: int) -> torch.Tensor:
+    """Rows ``[row_start, row_stop)`` of ``F.interpolate(x, size, mode="bilinear", align_corners=False)``.
+
+    Computed from the two source rows each target row needs (same weights as PyTorch: source
+    coordinate ``(i + 0.5) * h / H - 0.5`` clamped at 0), then resized along the width only, so
+    memory scales with the band, not with ``size``. Equal to the whole resize up to float rounding.
+
+    Args:
+        x: (B, C, h, w).
+        size: the whole target grid (H, W).
+        row_start, row_stop: the band of target rows, ``0 <= row_start < row_stop <= H``.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    hq, wq = int(size[0]), int(size[1])
+    if hq == h:
+        band = x[:, :, row_start:row_stop]
+    else:
+        src = ((torch.arange(row_start, row_stop, dtype=torch.float64) + 0.5) * (h / hq) - 0.5).clamp_min(0.0)
+        lower = src.floor().long().clamp_max(h - 1)
+        upper = (lower + 1).clamp_max(h - 1)
+        weight = (src - lower.to(torch.float64)).to(x.dtype).to(x.device).view(1, 1, -1, 1)
+        lower, upper = lower.to(x.device), upper.to(x.device)
+        band = x.index_select(2, lower) * (1.0 - weight) + x.index_select(2, upper) * weight
+    if wq != w:
+        band = F.interpolate(band, size=[band.shape[-2], wq], mode="bilinear", align_corners=False)
+    return band
 
 
 class RegionAwareImplicitUpsampler(nn.Module):
@@ -220,9 +248,14 @@ class RegionAwareImplicitUpsampler(nn.Module):
         so the two commute) and fewer channels are sampled.
         """
         hq, wq = self._check(feat, output_size)
-        b, c, kk = feat.shape[0], self.in_channels, self.kernel_size * self.kernel_size
-        first, second = self.mlp[0], self.mlp[2]
         query, pos = self.positions(feat, [hq, wq])
+        return self._decode(feat, query, pos)
+
+    def _decode(self, feat: torch.Tensor, query: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s decoding of the queries (Hq, Wq, 2) from codes at ``pos`` (B, k*k, Hq, Wq, 2)."""
+        b, c, kk = feat.shape[0], self.in_channels, self.kernel_size * self.kernel_size
+        hq, wq = query.shape[0], query.shape[1]
+        first, second = self.mlp[0], self.mlp[2]
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
         rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
         if self.hidden_channels <= c:  # project, then sample the (narrower) hidden features
@@ -239,6 +272,37 @@ class RegionAwareImplicitUpsampler(nn.Module):
             if bias is not None:  # the second layer's bias, once per summed code
                 bias = bias * kk
         return F.conv2d(hidden, second.weight, bias)
+
+    @torch.jit.ignore
+    def forward_rows(self, feat: torch.Tensor, output_size: Sequence[int], row_start: int, row_stop: int) -> torch.Tensor:
+        """Rows ``[row_start, row_stop)`` of :meth:`forward` ``(feat, output_size)``, computed alone.
+
+        The per-query tensors then hold ``row_stop - row_start`` rows instead of ``Hq``, so a large
+        grid can be decoded in bands of rows with bounded memory (``MattingUNet.decode_rows``).
+        The learned offsets come from the offset convolution on the bilinearly resized source
+        rows plus a margin of ``offset_kernel_size // 2`` rows (its zero padding stays at the
+        grid's border), so the band equals the same rows of the whole decode up to float rounding.
+        """
+        hq, wq = self._check(feat, list(output_size))
+        r0, r1 = max(0, int(row_start)), min(hq, int(row_stop))
+        if r0 >= r1:
+            raise ValueError(f"empty row range [{row_start}, {row_stop}) of a grid with {hq} rows")
+        h, w = feat.shape[-2], feat.shape[-1]
+        dtype = torch.promote_types(feat.dtype, torch.float32)
+        ys = (torch.arange(r0, r1, device=feat.device, dtype=dtype) + 0.5) * (h / hq) - 0.5
+        xs = (torch.arange(wq, device=feat.device, dtype=dtype) + 0.5) * (w / wq) - 0.5
+        query = torch.stack(torch.meshgrid([ys, xs], indexing="ij"), dim=-1)
+        pos = self.base_positions([h, w], query).unsqueeze(0)
+        offset_conv = self.offset_conv
+        if offset_conv is None:
+            pos = pos.expand(feat.shape[0], -1, -1, -1, -1)
+        else:
+            margin = offset_conv.padding[0]
+            m0, m1 = max(0, r0 - margin), min(hq, r1 + margin)
+            off = offset_conv(resize_rows(feat, [hq, wq], m0, m1))[:, :, r0 - m0 : r1 - m0]
+            off = off.reshape(feat.shape[0], self.kernel_size * self.kernel_size, 2, r1 - r0, wq).permute(0, 1, 3, 4, 2)
+            pos = self._clamp(pos + off.to(dtype), [h, w])
+        return self._decode(feat, query, pos)
 
     @torch.no_grad()
     def sampling_positions(

@@ -24,7 +24,7 @@ function (the paper's Table 2):
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
 from scripts.networks.blocks import DEFAULT_ACT, conv_block
-from scripts.networks.implicit_upsampler import RegionAwareImplicitUpsampler
+from scripts.networks.implicit_upsampler import RegionAwareImplicitUpsampler, resize_rows
 from scripts.networks.prob_unet import UNetDecoder, UNetEncoder
 
 __all__ = ["InterpolateConvUpsampler", "MattingUNet"]
@@ -63,6 +63,85 @@ class InterpolateConvUpsampler(nn.Module):
 
     def forward(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
         return self.conv(_resize(feat, output_size))
+
+
+class _StopBand(Exception):
+    """Raised by :class:`_GridStatistics` once the layer whose statistics are collected has its input."""
+
+
+class _GridStatistics:
+    """Whole-grid statistics of the instance-normalisation layers of ``stages``, decoded band by band.
+
+    ``passes()`` yields once per such layer (in forward order) and once more (``final``): during
+    pass k the layers before k normalise with their collected statistics, layer k accumulates the
+    sum and sum of squares of its input over each band's own rows (``rows``) and stops the band.
+    Normalising with the collected mean and biased variance is what ``InstanceNorm2d`` computes
+    on the whole grid, so the bands give the whole decode's values up to float rounding.
+    """
+
+    def __init__(self, stages: Sequence[nn.Module]) -> None:
+        self.norms = [m for stage in stages for m in stage.modules()
+                      if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats]
+        self.stats: Dict[nn.Module, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rows = (0, 0)
+        self.final = not self.norms
+        self._handles: List = []
+
+    def __enter__(self) -> "_GridStatistics":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def passes(self):
+        for k, norm in enumerate(self.norms):
+            self.__exit__()
+            for done in self.norms[:k]:
+                self._handles.append(done.register_forward_hook(self._normalise))
+            sums: List[torch.Tensor] = []
+
+            def collect(module, inputs, sums=sums):
+                x = inputs[0][:, :, self.rows[0] : self.rows[1]].double()
+                part = torch.stack([x.sum(dim=(2, 3)), (x * x).sum(dim=(2, 3)),
+                                    torch.full_like(x[:, :, 0, 0], x.shape[2] * x.shape[3])])
+                sums.append(part)
+                raise _StopBand
+
+            self._handles.append(norm.register_forward_pre_hook(collect))
+            yield k
+            total = torch.stack(sums).sum(0)
+            mean = total[0] / total[2]
+            var = (total[1] / total[2] - mean * mean).clamp_min(0.0)
+            dtype = self.norms[k].weight.dtype if self.norms[k].weight is not None else torch.float32
+            self.stats[norm] = (mean.to(dtype)[:, :, None, None], torch.rsqrt(var + norm.eps).to(dtype)[:, :, None, None])
+        self.__exit__()
+        for norm in self.norms:
+            self._handles.append(norm.register_forward_hook(self._normalise))
+        self.final = True
+        yield len(self.norms)
+
+    def _normalise(self, module, inputs, output):
+        mean, rstd = self.stats[module]
+        y = (inputs[0] - mean.to(inputs[0].dtype)) * rstd.to(inputs[0].dtype)
+        if module.affine:
+            y = y * module.weight[None, :, None, None] + module.bias[None, :, None, None]
+        return y
+
+
+def _conv_reach(module: nn.Module) -> int:
+    """Rows a stack of stride-1 'same' convolutions reads beyond its output rows (sum of paddings)."""
+    return sum(int(m.padding[0]) for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def _upsample_rows(up: nn.Module, feat: torch.Tensor, size: List[int], row_start: int, row_stop: int) -> torch.Tensor:
+    """Rows ``[row_start, row_stop)`` of ``up(feat, size)``: exact for the implicit upsampler; for
+    interpolation + convolution the first and last ``_conv_reach(up)`` rows are only exact at the
+    grid's border (the caller's band margin covers them)."""
+    if isinstance(up, RegionAwareImplicitUpsampler):
+        return up.forward_rows(feat, size, row_start, row_stop)
+    return up.conv(resize_rows(feat, size, row_start, row_stop))
 
 
 def _resize(x: torch.Tensor, size: List[int]) -> torch.Tensor:
@@ -154,6 +233,96 @@ class MattingUNet(nn.Module):
             if isinstance(m, RegionAwareImplicitUpsampler)
         }
 
+    def _encode(self, image: torch.Tensor, latent: torch.Tensor, uncertainty: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """F1 (B, f1, H, W) and M23 (B, f2, H/2, W/2): everything computed on the input grid."""
+        feats = self.encoder(torch.cat([image, latent], dim=1))
+        f1, f2 = feats[0], feats[1]
+        deep_decoder = self.deep_decoder
+        f3 = deep_decoder(feats[2:]) if deep_decoder is not None else feats[2]
+        f2_size = [f2.shape[-2], f2.shape[-1]]
+        m3 = self.up3(f3, f2_size)
+        m23 = self.prop2(torch.cat([f2, m3, _resize(uncertainty, f2_size)], dim=1))
+        return f1, m23
+
+    @torch.jit.ignore
+    def decode_in_rows(
+        self,
+        image: torch.Tensor,
+        latent: torch.Tensor,
+        uncertainty: torch.Tensor,
+        output_size: Sequence[int],
+        rows_per_band: int,
+        out: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` at ``output_size``, decoded in bands of output rows (bounded memory).
+
+        Everything on the input grid runs once; the stages on the output grid (the last
+        upsampler, the propagation unit and the output block) run per band of ``rows_per_band``
+        rows plus a margin of as many rows as their 3x3 convolutions reach, so each band equals
+        the same rows of :meth:`forward` up to float rounding, and the memory of a band does not
+        depend on the output height. Needs normalisation-free (or batch-normalised) output stages:
+        instance or group statistics over the whole grid cannot be computed per band.
+
+        Args:
+            image, latent, uncertainty: as for :meth:`forward`.
+            output_size: target grid (H', W').
+            rows_per_band: output rows decoded at once (>= 1).
+            out: optional (B, 1, H', W') tensor written in place (e.g. preallocated).
+
+        Returns:
+            the alpha matte (B, 1, H', W').
+        """
+        if not self.decodes_in_rows():
+            raise ValueError("decode_in_rows needs output stages without instance/group/layer normalisation")
+        in_size = [image.shape[-2], image.shape[-1]]
+        out_size = [int(output_size[0]), int(output_size[1])]
+        f1, m23 = self._encode(image, latent, uncertainty)
+        up1 = self.up1
+        x_in = None
+        if up1 is not None:  # scales=1: everything but the last upsampler runs on the input grid
+            x_in = self.prop1(torch.cat([f1, self.up2(m23, in_size), _resize(uncertainty, in_size)], dim=1))
+        stages = [up1, self.output_block] if up1 is not None else [self.up2, self.prop1, self.output_block]
+        # rows each band reads beyond its own: the reach of the 3x3 convolutions on the output grid
+        # (an implicit upsampler decodes exactly the rows it is asked for)
+        margin = sum(_conv_reach(stage) for stage in stages if not isinstance(stage, RegionAwareImplicitUpsampler))
+        if out is None:
+            out = image.new_empty([image.shape[0], 1, out_size[0], out_size[1]])
+        step = max(1, int(rows_per_band))
+        bands = []
+        for r0 in range(0, out_size[0], step):
+            r1 = min(out_size[0], r0 + step)
+            bands.append((r0, r1, max(0, r0 - margin), min(out_size[0], r1 + margin)))
+
+        def decode(m0: int, m1: int) -> torch.Tensor:
+            if x_in is not None:
+                x = _upsample_rows(up1, x_in, out_size, m0, m1)
+            else:
+                x = torch.cat([resize_rows(f1, out_size, m0, m1), _upsample_rows(self.up2, m23, out_size, m0, m1),
+                               resize_rows(uncertainty, out_size, m0, m1)], dim=1)
+                x = self.prop1(x)
+            return self.output_block(x)
+
+        # instance normalisation on the output grid needs statistics over the whole grid: one extra
+        # pass per such layer accumulates them over the bands' own rows, then they are held fixed
+        with _GridStatistics(stages) as grid_stats:
+            for _ in grid_stats.passes():
+                for r0, r1, m0, m1 in bands:
+                    grid_stats.rows = (r0 - m0, r1 - m0)
+                    try:
+                        y = decode(m0, m1)
+                    except _StopBand:
+                        continue
+                    if grid_stats.final:
+                        out[:, :, r0:r1] = torch.sigmoid(y[:, :, r0 - m0 : r1 - m0])
+        return out
+
+    @torch.jit.ignore
+    def decodes_in_rows(self) -> bool:
+        """Whether :meth:`decode_in_rows` applies: no normalisation with whole-grid statistics on the output grid."""
+        stages = [self.output_block, self.prop1, self.up2] + ([self.up1] if self.up1 is not None else [])
+        grid_norms = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+        return not any(isinstance(m, grid_norms) for stage in stages for m in stage.modules())
+
     def forward(
         self,
         image: torch.Tensor,
@@ -171,13 +340,7 @@ class MattingUNet(nn.Module):
         """
         in_size = [image.shape[-2], image.shape[-1]]
         out_size = in_size if output_size is None else [int(output_size[0]), int(output_size[1])]
-        feats = self.encoder(torch.cat([image, latent], dim=1))
-        f1, f2 = feats[0], feats[1]
-        deep_decoder = self.deep_decoder
-        f3 = deep_decoder(feats[2:]) if deep_decoder is not None else feats[2]
-        f2_size = [f2.shape[-2], f2.shape[-1]]
-        m3 = self.up3(f3, f2_size)
-        m23 = self.prop2(torch.cat([f2, m3, _resize(uncertainty, f2_size)], dim=1))
+        f1, m23 = self._encode(image, latent, uncertainty)
         up1 = self.up1
         grid1 = in_size if up1 is not None else out_size
         m2 = self.up2(m23, grid1)

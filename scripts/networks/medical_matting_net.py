@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scripts.networks.blocks import DEFAULT_ACT
+from scripts.networks.implicit_upsampler import resize_rows
 from scripts.networks.matting_unet import MattingUNet
 from scripts.networks.prob_unet import ProbabilisticUNet, reparameterise
 from scripts.networks.test_time_flips import FLIP_SETS, flip_views, merge_views, unflip_view
@@ -297,6 +298,74 @@ class MedicalMattingNet(nn.Module):
         if alpha.shape[-2:] != uncertainty.shape[-2:]:
             uncertainty = F.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
         return {"alpha": alpha, "uncertainty": uncertainty.clamp(0.0, 1.0), "sample_probs": sample_probs}
+
+    @torch.jit.ignore
+    def predict_in_rows(
+        self,
+        image: torch.Tensor,
+        output_size: Sequence[int],
+        num_samples: Optional[int] = None,
+        flips: Optional[str] = None,
+        band_pixels: int = 1 << 18,
+    ) -> Dict[str, torch.Tensor]:
+        """:meth:`predict` at ``output_size``, with the output-grid stages decoded in bands of rows.
+
+        Same outputs as :meth:`predict` up to float rounding, but the memory of the decoding is
+        bounded by ``band_pixels`` query points per band (plus the two (B, 1, H', W') results),
+        whatever ``output_size`` is: the implicit decoder makes any output grid possible, this
+        makes a large one affordable. The networks themselves run once per view on ``image``'s
+        grid. Python only (the scripted model keeps :meth:`predict`); a network whose output
+        stages normalise over the whole grid falls back to :meth:`predict`.
+
+        Args:
+            image: (B, in_channels, H, W) float in [0, 1].
+            output_size: grid (H', W') of ``alpha`` and ``uncertainty``.
+            num_samples: prior samples N per view (default: the constructor's).
+            flips: test-time flips (default: the constructor's ``test_time_flips``).
+            band_pixels: output pixels decoded at once (rows per band = ``band_pixels // W'``, >= 1).
+        """
+        self._check_image(image)
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ValueError(f"output_size must be two positive ints (H', W'), got {output_size}")
+        size = [int(output_size[0]), int(output_size[1])]
+        if not self.matting_unet.decodes_in_rows():
+            return self.predict(image, size, num_samples, flips)
+        n = self.num_samples if num_samples is None else int(num_samples)
+        if n < 1:
+            raise ValueError(f"num_samples must be >= 1, got {n}")
+        rows = max(1, int(band_pixels) // size[1])
+        views = flip_views(self.test_time_flips if flips is None else flips)
+        batch = image.shape[0]
+        with torch.no_grad():
+            alpha = image.new_zeros([batch, 1] + size)
+            buffer = image.new_empty([batch, 1] + size) if len(views) > 1 else alpha
+            samples: List[torch.Tensor] = []
+            uncertainties: List[torch.Tensor] = []
+            for dims in views:
+                view = image.flip(dims) if len(dims) > 0 else image
+                features = self.prob_unet.features(view)
+                sample_probs = self._prior_samples(view, features, n)
+                uncertainty = binary_entropy_uncertainty(sample_probs)
+                decoded = self.matting_unet.decode_in_rows(
+                    view, self._matting_latent(features), uncertainty, size, rows, out=buffer
+                )
+                if len(views) > 1:
+                    alpha += decoded.flip(dims) if len(dims) > 0 else decoded
+                samples.append(sample_probs.flip(dims) if len(dims) > 0 else sample_probs)
+                uncertainties.append(uncertainty.flip(dims) if len(dims) > 0 else uncertainty)
+            if len(views) > 1:
+                alpha /= len(views)
+            sample_probs = torch.cat(samples, dim=1)
+            same_grid = size == [image.shape[-2], image.shape[-1]]
+            if len(views) == 1 or same_grid:
+                uncertainty = binary_entropy_uncertainty(sample_probs)
+            else:  # as merge_views: the views' maps averaged (bilinear resizing is linear)
+                uncertainty = torch.stack(uncertainties).mean(0)
+            full = image.new_empty([batch, 1] + size)
+            for r0 in range(0, size[0], rows):
+                r1 = min(size[0], r0 + rows)
+                full[:, :, r0:r1] = resize_rows(uncertainty, size, r0, r1).clamp(0.0, 1.0)
+        return {"alpha": alpha, "uncertainty": full, "sample_probs": sample_probs}
 
     def forward(self, image: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
         """Alpha matte (B, 1, H, W), or (B, 1, *output_size), values in [0, 1] (:meth:`predict`'s ``alpha``)."""

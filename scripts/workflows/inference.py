@@ -11,8 +11,13 @@ around the pieces defined here, which no library provides:
 - :func:`load_trained_network`: the network a checkpoint was trained as (its saved constructor
   arguments), with the checkpoint's weights: whatever recipe trained a model, it is served as is;
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
-- :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size):
-  the inferer of evaluation, CLI inference and the MONAI Label app alike;
+- :func:`check_output_dir`: refuses an output folder inside the input folder;
+- :class:`CatchFailuresd` and :func:`collate_with_failures`: a file that fails (unreadable, too
+  large, wrong shape, NaN, unwritable) becomes a recorded failure instead of aborting the folder
+  (``scripts.handlers.inference_summary.InferenceSummary`` reports them and sets the exit code);
+- :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size)
+  on a grid of at most ``max_internal_size`` pixels, decoding large outputs in bands of rows
+  (``network.predict_in_rows``): the inferer of evaluation, CLI inference and the MONAI Label app alike;
 - :class:`MattingInferenceEvaluator`: a ``SupervisedEvaluator`` whose iteration keeps both the
   alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``.
 """
@@ -43,6 +48,7 @@ __all__ = [
     "read_state_dict",
     "load_trained_network",
     "EnsureImage2Dd",
+    "DEFAULT_MAX_INTERNAL_SIZE",
     "MattingInferer",
     "MattingInferenceEvaluator",
 ]
@@ -72,7 +78,27 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def list_input_images(input_path: Optional[Union[str, os.PathLike]]) -> List[Dict[str, str]]:
+def check_output_dir(input_path: Union[str, os.PathLike], output_dir: Optional[Union[str, os.PathLike]]) -> None:
+    """Refuse an output folder inside the input folder (a re-run would infer on its own outputs).
+
+    Raises:
+        ValueError: one line naming both folders.
+    """
+    if _none_if_null(output_dir) is None or _none_if_null(input_path) is None:
+        return
+    folder = Path(input_path).expanduser().resolve()
+    if not folder.is_dir():
+        return
+    out = Path(output_dir).expanduser().resolve()
+    if out == folder or folder in out.parents:
+        raise ValueError(
+            f"output folder {out} is inside the input folder {folder}: a re-run would read its own outputs as "
+            "inputs; choose an --output_dir outside the input folder")
+
+
+def list_input_images(
+    input_path: Optional[Union[str, os.PathLike]], output_dir: Optional[Union[str, os.PathLike]] = None
+) -> List[Dict[str, str]]:
     """Data list ``[{"image": path, "case": name}, ...]`` of one image file or of a folder's images.
 
     A folder is read non-recursively; files whose name does not end in one of
@@ -82,9 +108,11 @@ def list_input_images(input_path: Optional[Union[str, os.PathLike]]) -> List[Dic
 
     Args:
         input_path: an image file or a folder of images.
+        output_dir: where the outputs go; refused when inside the input folder (:func:`check_output_dir`).
 
     Raises:
-        ValueError: no path given, an unsupported single file, duplicate case names.
+        ValueError: no path given, an unsupported single file, duplicate case names, an output
+            folder inside the input folder.
         FileNotFoundError: the path does not exist, or the folder holds no image.
 
     Example::
@@ -96,6 +124,7 @@ def list_input_images(input_path: Optional[Union[str, os.PathLike]]) -> List[Dic
     path = Path(input_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: {path}")
+    check_output_dir(path, output_dir)
     if path.is_file():
         if not path.name.lower().endswith(IMAGE_SUFFIXES):
             raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(IMAGE_SUFFIXES)})")
@@ -119,6 +148,9 @@ def list_input_images(input_path: Optional[Union[str, os.PathLike]]) -> List[Dic
         data.append({CommonKeys.IMAGE: str(f), "case": case})
     return data
 
+
+#: long side (pixels) of the grid the networks run on by default (:class:`MattingInferer`)
+DEFAULT_MAX_INTERNAL_SIZE = 512
 
 #: keys under which a checkpoint may hold the network's state dict (training checkpoints: ``network``)
 CHECKPOINT_KEYS = ("network", "model", "state_dict")
@@ -275,6 +307,70 @@ class EnsureImage2Dd(MapTransform):
         return d
 
 
+#: key of a data item (or batch) that could not be processed: the one-line reason
+FAILURE_KEY = "failure"
+#: batch key listing the items of a batch that failed before collation (:func:`collate_with_failures`)
+FAILURES_KEY = "failures"
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line saying why: the innermost cause's message (MONAI wraps transform errors in
+    ``RuntimeError("applying transform ...")``), with its type."""
+    while error.__cause__ is not None and error.__cause__ is not error:
+        error = error.__cause__
+    return _first_line(error) if isinstance(error, (ValueError, TypeError, OSError)) else (
+        f"{type(error).__name__}: {_first_line(error)}")
+
+
+def _source_file(item: Mapping[Hashable, Any]) -> str:
+    image = item.get(CommonKeys.IMAGE)
+    meta = getattr(image, "meta", None)
+    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
+        name = meta["filename_or_obj"]
+        return str(name[0] if isinstance(name, (list, tuple)) else name)
+    return str(image) if isinstance(image, (str, os.PathLike)) else str(item.get("case", "?"))
+
+
+class CatchFailuresd:
+    """Run ``transform`` on a data item; an exception becomes a recorded failure instead of an abort.
+
+    A failed item is ``{"case", "image": <the input's file>, "failure": <one-line reason>}``; an
+    item that already failed passes through untouched, so the same wrapper serves the
+    pre-processing (unreadable, truncated, too large, wrong shape, NaN...) and the
+    post-processing (a file that cannot be written). :func:`collate_with_failures` keeps failed
+    items out of the network's batch and ``MattingInferenceEvaluator`` reports them
+    (``scripts.handlers.inference_summary.InferenceSummary`` writes them to a summary file).
+
+    Args:
+        transform: the wrapped transform (e.g. ``Compose([...])``).
+
+    Example::
+
+        Dataset(datalist, transform=CatchFailuresd(preprocessing))
+    """
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        if FAILURE_KEY in data:
+            return dict(data)
+        try:
+            return self.transform(data)
+        except Exception as e:  # one bad file must not abort the others
+            return {"case": data.get("case"), CommonKeys.IMAGE: _source_file(data), FAILURE_KEY: failure_reason(e)}
+
+
+def collate_with_failures(items: Sequence[Mapping[Hashable, Any]]) -> Dict[Hashable, Any]:
+    """``list_data_collate`` of the items that loaded, plus ``"failures"``: the items that did not."""
+    from monai.data import list_data_collate
+
+    good = [item for item in items if FAILURE_KEY not in item]
+    batch: Dict[Hashable, Any] = dict(list_data_collate(good)) if good else {}
+    batch[FAILURES_KEY] = [dict(item) for item in items if FAILURE_KEY in item]
+    return batch
+
+
 def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[tuple]:
     size = _none_if_null(size)
     if size is None:
@@ -300,6 +396,15 @@ class MattingInferer(Inferer):
             any scale). ``None`` feeds the image at its own size.
         num_samples: Probabilistic U-Net samples for the uncertainty map (``None``: the network's).
         flips: test-time flips ``"none"``, ``"h"``, ``"hv"`` (``None``: the network's ``test_time_flips``).
+        max_internal_size: the networks run on a grid of at most this many pixels on the long side:
+            a larger image (after ``input_size``) is shrunk, anti-aliased, keeping its aspect ratio,
+            and the matte is still decoded at the full output size. ``None``: no bound. Default
+            :data:`DEFAULT_MAX_INTERNAL_SIZE` (4x the 128 px training images: images up to that
+            size are processed as they are, larger ones cost bounded memory and time).
+        band_pixels: when the output grid has more than ``max_internal_size ** 2`` pixels, the
+            matte and the uncertainty map are decoded in bands of about this many output pixels
+            (``MedicalMattingNet.predict_in_rows``), so memory does not grow with the output size
+            beyond the two result maps.
 
     Example::
 
@@ -313,23 +418,45 @@ class MattingInferer(Inferer):
         input_size: Optional[Sequence[int]] = None,
         num_samples: Optional[int] = None,
         flips: Optional[str] = None,
+        max_internal_size: Optional[int] = DEFAULT_MAX_INTERNAL_SIZE,
+        band_pixels: int = 1 << 18,
     ) -> None:
         super().__init__()
         self.output_size = _check_size(output_size, "output_size")
         self.input_size = _check_size(input_size, "input_size")
         self.num_samples = _none_if_null(num_samples)
         self.flips = _null_setting(flips)
+        limit = _none_if_null(max_internal_size)
+        if isinstance(limit, str) and limit.strip().isdigit():
+            limit = int(limit)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 16):
+            raise ValueError(f"max_internal_size must be null or an integer >= 16 (pixels), got {max_internal_size!r}")
+        self.max_internal_size = limit
+        self.band_pixels = int(band_pixels)
+
+    def internal_size(self, size: Sequence[int]) -> tuple:
+        """The grid (h, w) the networks run on for an image of ``size`` (after ``input_size``)."""
+        h, w = int(size[0]), int(size[1])
+        limit = self.max_internal_size
+        if limit is None or max(h, w) <= limit:
+            return h, w
+        scale = limit / max(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         x = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         original = tuple(int(s) for s in x.shape[-2:])
         target = self.output_size or original
-        if self.input_size is not None and self.input_size != original:
-            shrink = self.input_size[0] < original[0] or self.input_size[1] < original[1]
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=shrink)
+        grid = self.internal_size(self.input_size or original)
+        if grid != original:
+            shrink = grid[0] < original[0] or grid[1] < original[1]
+            x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False, antialias=shrink)
         options: Dict[str, Any] = {"output_size": target, "num_samples": self.num_samples}
         if self.flips is not None:
             options["flips"] = self.flips
+        limit = self.max_internal_size
+        if limit is not None and target[0] * target[1] > limit * limit and hasattr(network, "predict_in_rows"):
+            return network.predict_in_rows(x, band_pixels=self.band_pixels, **options)
         return network.predict(x, **options)
 
 
@@ -341,6 +468,10 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
     the same iteration events as ``SupervisedEvaluator``, so MONAI handlers (stats, MLflow,
     ``MattingPredictionWriter``) attach as usual. All ``SupervisedEvaluator`` arguments apply;
     ``inferer`` must return a dict with ``alpha`` and ``uncertainty`` (default :class:`MattingInferer`).
+
+    A batch's items that failed to load (``"failures"``, :func:`collate_with_failures`) and a batch
+    whose inference raises are recorded in ``engine.state.inference_failures`` instead of stopping
+    the run; the batch then has no output.
 
     Example::
 
@@ -357,17 +488,32 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: SupervisedEvaluator, batchdata: Dict[str, Any]) -> Dict[str, Any]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs = batch[0]
-        engine.state.output = {CommonKeys.IMAGE: inputs}
-        with engine.mode(engine.network):
-            if engine.amp:
-                with torch.autocast("cuda", **engine.amp_kwargs):
+        failures: List[Dict[str, Any]] = []
+        if isinstance(batchdata, dict):
+            failures = list(batchdata.pop(FAILURES_KEY, []))
+        engine.state.inference_failures = failures  # read by InferenceSummary at ITERATION_COMPLETED
+        engine.state.output = []
+        if isinstance(batchdata, Mapping) and CommonKeys.IMAGE not in batchdata:
+            return engine.state.output  # every item of the batch failed to load
+        try:
+            batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+            inputs = batch[0]
+            with engine.mode(engine.network):
+                if engine.amp:
+                    with torch.autocast("cuda", **engine.amp_kwargs):
+                        out = engine.inferer(inputs, engine.network)
+                else:
                     out = engine.inferer(inputs, engine.network)
-            else:
-                out = engine.inferer(inputs, engine.network)
-        if not isinstance(out, Mapping) or "alpha" not in out or "uncertainty" not in out:
-            raise TypeError("the inferer must return a dict with 'alpha' and 'uncertainty' (MedicalMattingNet.predict)")
+            if not isinstance(out, Mapping) or "alpha" not in out or "uncertainty" not in out:
+                raise TypeError("the inferer must return a dict with 'alpha' and 'uncertainty' (MedicalMattingNet.predict)")
+        except (ValueError, RuntimeError, TypeError, MemoryError) as e:  # this batch fails, the others go on
+            files = getattr(batchdata.get(CommonKeys.IMAGE), "meta", {}).get("filename_or_obj", [])
+            cases = batchdata.get("case") or [None] * len(files)
+            files = files if isinstance(files, (list, tuple)) else [files]
+            reason = failure_reason(e)
+            failures.extend({"case": c, CommonKeys.IMAGE: str(f), FAILURE_KEY: reason} for c, f in zip(cases, files))
+            return engine.state.output
+        engine.state.output = {CommonKeys.IMAGE: inputs}
         engine.state.output[CommonKeys.PRED] = out["alpha"].float()
         engine.state.output["uncertainty"] = out["uncertainty"].float()
         if isinstance(batchdata, Mapping) and "case" in batchdata:

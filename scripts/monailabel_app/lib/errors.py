@@ -22,6 +22,8 @@ __all__ = [
     "TrainingDisabledError",
     "ConfigChangedError",
     "UnknownTaskError",
+    "ImageTooLargeError",
+    "ServerBusyError",
 ]
 
 
@@ -83,3 +85,15 @@ class UnknownTaskError(MattingAppError):
     """The request names a model or trainer the app does not serve."""
 
     status_code = 404
+
+
+class ImageTooLargeError(MattingAppError):
+    """The image (by its header) or the upload is larger than the app reads (``scripts.data.image_limits``)."""
+
+    status_code = 413
+
+
+class ServerBusyError(MattingAppError):
+    """Too many inference requests are already waiting; the client should retry later."""
+
+    status_code = 503

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -53,8 +54,10 @@ from scripts.digest import sha256_file
 
 from .errors import (
     ConfigChangedError,
+    ImageTooLargeError,
     InvalidRequestError,
     MattingAppError,
+    ServerBusyError,
     StudyImageNotFoundError,
     UnsupportedStudyImageError,
 )
@@ -67,7 +70,10 @@ __all__ = [
     "check_name",
     "unknown_image",
     "upload_suffix",
+    "check_study_image",
     "check_image_file",
+    "InferenceSlots",
+    "configure_slots",
     "is_within",
     "check_studies_location",
     "bind_host",
@@ -123,10 +129,34 @@ def upload_suffix(filename: Any, what: str = "upload") -> str:
         f"{what} {_shown(filename)}: only image files are accepted ({', '.join(IMAGE_SUFFIXES)}, lower case)")
 
 
+def check_study_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None, what: str = "image"):
+    """The image's header (``scripts.data.image_limits.check_image_header``), read before any decoding.
+
+    Raises:
+        ImageTooLargeError: (413) above the documented maximum size, or a decompression bomb.
+        UnsupportedStudyImageError: (415) the header cannot be read.
+    """
+    from scripts.data import image_limits
+
+    path = str(path)
+    try:
+        return image_limits.check_image_header(path, max_pixels or image_limits.MAX_IMAGE_PIXELS)
+    except image_limits.ImageTooLargeError as e:  # the server's file names stay out of the answer
+        raise ImageTooLargeError(str(e).replace(path, what)) from None
+    except image_limits.UnreadableImageError as e:
+        raise UnsupportedStudyImageError(str(e).replace(path, what)) from None
+
+
 def check_image_file(path: Union[str, os.PathLike], what: str = "upload") -> None:
-    """Decode ``path`` as the image format its suffix says; :class:`UnsupportedStudyImageError` otherwise."""
+    """Decode ``path`` as the image format its suffix says, after checking its size from the header.
+
+    Raises:
+        ImageTooLargeError: (413) larger than the app reads (:func:`check_study_image`).
+        UnsupportedStudyImageError: (415) not a readable image of that format (truncated, corrupt...).
+    """
     path = str(path)
     suffix = upload_suffix(path, what)
+    check_study_image(path, what=what)
     try:
         if suffix in NIFTI_SUFFIXES:
             import nibabel as nib
@@ -586,6 +616,104 @@ def install_request_guards(app_instance: Callable[[], Any]) -> None:
 
         run_inference.__medical_matting_guard__ = True
         infer_ep.run_inference = run_inference
+    _run_inference_in_threads()
+
+
+class InferenceSlots:
+    """Bounded concurrent inferences: at most ``workers`` at once, of which at most ``large_workers``
+    on images larger than the internal grid, so a large image never takes every slot from small
+    ones; more than ``max_waiting`` waiting requests are refused with 503 (their threads would
+    otherwise fill the server's thread pool).
+
+    Example::
+
+        with SLOTS.slot(large=pixels > 512 * 512):
+            ...  # run the inference
+    """
+
+    def __init__(self, workers: int = 2, large_workers: int = 1, max_waiting: int = 16, wait_s: float = 600.0):
+        import threading
+
+        self.workers, self.large_workers, self.max_waiting, self.wait_s = workers, large_workers, max_waiting, wait_s
+        self._all = threading.BoundedSemaphore(workers)
+        self._large = threading.BoundedSemaphore(large_workers)
+        self._lock = threading.Lock()
+        self.waiting = 0
+
+    @contextlib.contextmanager
+    def slot(self, large: bool):
+        with self._lock:
+            if self.waiting >= self.max_waiting:
+                raise ServerBusyError(f"{self.waiting} inference requests are already waiting; retry later")
+            self.waiting += 1
+        acquired = []
+        try:
+            for sem in ([self._large] if large else []) + [self._all]:
+                if not sem.acquire(timeout=self.wait_s):
+                    raise ServerBusyError(f"no inference slot became free within {self.wait_s:.0f} s; retry later")
+                acquired.append(sem)
+        except BaseException:
+            for sem in reversed(acquired):
+                sem.release()
+            raise
+        finally:
+            with self._lock:
+                self.waiting -= 1
+        try:
+            yield
+        finally:
+            for sem in reversed(acquired):
+                sem.release()
+
+
+#: the server's inference slots (``--conf infer_workers N``, default 2, sets ``workers``)
+SLOTS = InferenceSlots()
+
+
+def configure_slots(workers: int) -> None:
+    """Replace :data:`SLOTS` with ``workers`` concurrent inferences (>= 2: one stays free for small images)."""
+    global SLOTS
+    workers = max(2, int(workers))
+    SLOTS = InferenceSlots(workers=workers, large_workers=workers - 1)
+
+
+def _run_inference_in_threads() -> None:
+    """Serve ``POST /infer/{model}`` from the thread pool instead of the event loop.
+
+    MONAI Label 0.8.5 declares the route ``async`` and runs the whole inference inside it, which
+    blocks the event loop: while one image is processed no other request (not even ``/info/``) is
+    answered. The route is replaced by a plain function with the same parameters, which FastAPI
+    runs in its thread pool; :data:`SLOTS` bounds how many run at once.
+    """
+    import sys
+
+    from fastapi.routing import APIRoute
+    from monailabel.endpoints import infer as infer_ep
+
+    def api_run_inference(**kw):
+        return infer_ep.run_inference(kw["background_tasks"], kw["model"], kw.get("image", ""),
+                                      kw.get("session_id", ""), kw.get("params", "{}"), kw.get("file"),
+                                      kw.get("label"), kw.get("output"))
+
+    # the endpoint module's router (FastAPI >= 0.120 serves included routers from it) and, when the
+    # server runs, the application's router (older FastAPI copies the routes into it)
+    ml_app = sys.modules.get("monailabel.app")
+    routers = [infer_ep.router] + ([ml_app.app.router] if ml_app is not None else [])
+    for router in routers:
+        for i, route in enumerate(router.routes):
+            if not (isinstance(route, APIRoute) and route.path.endswith("/infer/{model}") and "POST" in route.methods):
+                continue
+            if getattr(route.endpoint, "__medical_matting_guard__", False):
+                continue
+            endpoint = functools.partial(api_run_inference)  # a fresh callable per route, same parameters
+            endpoint.__signature__ = inspect.signature(route.endpoint)
+            endpoint.__doc__ = route.endpoint.__doc__
+            endpoint.__medical_matting_guard__ = True
+            router.routes[i] = APIRoute(route.path, endpoint, methods=list(route.methods), name=route.name,
+                                        summary=route.summary, tags=route.tags, dependencies=route.dependencies)
+        changed = getattr(router, "_mark_routes_changed", None)
+        if callable(changed):
+            changed()
 
 
 def _guarded_inference(original, app, background_tasks, model, image, session_id, params, file, label, output):
@@ -604,6 +732,7 @@ def _guarded_inference(original, app, background_tasks, model, image, session_id
         check_image_file(path, "infer upload")
         image, session_id = path, ""
         trusted.add(path)
+        source = path
     elif session_id:
         sessions = app.sessions()
         session = sessions.get_session(session_id) if sessions is not None else None
@@ -613,10 +742,17 @@ def _guarded_inference(original, app, background_tasks, model, image, session_id
             raise UnsupportedStudyImageError("the session holds no single image file")
         upload_suffix(session.image, "session image")
         trusted.add(session.image)
-    elif not app.datastore().get_image_uri(image):
-        raise unknown_image(image)
+        source = session.image
+    else:
+        source = app.datastore().get_image_uri(image)
+        if not source:
+            raise unknown_image(image)
+    settings = app.model_settings(model)
+    header = check_study_image(source, settings.get("max_image_pixels"), "image")
+    internal = int(settings.get("max_internal_size") or 0)
     token = _TRUSTED.set(frozenset(trusted))
     try:
-        return original(background_tasks, model, image, session_id, json.dumps(options), None, None, output)
+        with SLOTS.slot(large=internal > 0 and header.slice_pixels > internal * internal):
+            return original(background_tasks, model, image, session_id, json.dumps(options), None, None, output)
     finally:
         _TRUSTED.reset(token)

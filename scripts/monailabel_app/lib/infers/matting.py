@@ -30,12 +30,12 @@ from monai.transforms import LoadImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from scripts.workflows.inference import MattingInferer
+from scripts.workflows.inference import MattingInferer, failure_reason
 
 from ..bundle_model import BundleModel
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, MattingAppError, UnsupportedStudyImageError
 from ..imaging import image_reader, write_result
-from ..security import finite_float
+from ..security import check_study_image, finite_float
 from ..transforms import PrepareMattingInputd
 
 __all__ = ["MattingInferTask", "MAP_TYPES", "CLIENT_KEYS"]
@@ -111,6 +111,24 @@ class MattingInferTask(BasicInferTask):
                                  intensity_range=settings["intensity_range"]),
         ]
 
+    def run_pre_transforms(self, data: Dict[str, Any], transforms):
+        """Check the image's header (size limit) before any reader decodes it; a file that cannot be
+        loaded is a 415 naming the reason, never a server error."""
+        path = data.get("image_path", data.get("image"))
+        if isinstance(path, str):
+            check_study_image(path, self.model.settings()["max_image_pixels"])
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except MattingAppError:
+            raise
+        except Exception as e:  # truncated / corrupt pixel data, a format the readers cannot decode
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, MattingAppError):
+                raise cause from None
+            raise UnsupportedStudyImageError(f"the image cannot be read: {failure_reason(e)}") from e
+
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
 
@@ -155,10 +173,12 @@ class MattingInferTask(BasicInferTask):
         depth = int(np.prod(image.shape[3:])) if image.ndim > 3 else 1
         slices = torch.from_numpy(image.reshape(c, h, w, depth)).permute(3, 0, 1, 2)  # (D, C, H, W)
         alphas, uncertainties = [], []
+        # the inferer of evaluation and CLI inference: bounded internal grid, maps decoded at full size
+        inferer = MattingInferer(max_internal_size=self.model.settings()["max_internal_size"])
         with torch.no_grad():
             for start in range(0, depth, self.slices_per_batch):
                 batch = slices[start : start + self.slices_per_batch].contiguous().to(device)
-                out = MattingInferer()(batch, network)  # the inferer of evaluation and CLI inference
+                out = inferer(batch, network)
                 alphas.append(out["alpha"][:, 0].float().cpu())
                 uncertainties.append(out["uncertainty"][:, 0].float().cpu())
         alpha = torch.cat(alphas).permute(1, 2, 0).numpy()  # (H, W, D)
