@@ -262,3 +262,13 @@ def test_environment_has_monailabel_without_cuda_or_torchvision():
         if name not in installed or not req.specifier.contains(installed[name].version, prereleases=True):
             unmet.add(name)
     assert unmet <= UNNEEDED_MONAILABEL_REQUIREMENTS, unmet - UNNEEDED_MONAILABEL_REQUIREMENTS
+
+
+def test_the_app_serves_the_shipped_weights_out_of_the_box(bundle_root):
+    weights = bundle_root / "models" / "model.pt"
+    if not weights.is_file():
+        pytest.skip("models/model.pt (the release weights) is not in the bundle")
+    model = BundleModel(bundle_root)  # the defaults of `monailabel start_server ... --conf models medical_matting`
+    assert model.status()["trained"] is True and model.weights_path == weights
+    network, trained = model.network("cpu")
+    assert trained and network.config == torch.load(weights, weights_only=True)["_extra_state"]["config"]
