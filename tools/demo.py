@@ -99,12 +99,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     metrics = out / "metrics.json"
     _print_metrics(metrics)
+
+    # serving: the shipped weights (models/model.pt), paths only -- the network comes from the checkpoint
+    served = out / "served"
+    image = sorted((data_dir / "images").glob("*.png"))[0]
+    serve = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+             "--input_path", str(image), "--output_dir", str(served)]
+    print(f"[demo] serving the shipped weights:\n    {shlex.join(serve)}", flush=True)
+    code = subprocess.run(serve, cwd=str(BUNDLE_ROOT), env=env).returncode
+    if code != 0:
+        print(f"[demo] serving failed (exit code {code})")
+        return code
     db = out / "mlruns.db"
     print(f"[demo] done in {time.time() - start:.0f} s. Outputs:")
     print(f"    metrics      {metrics}  (+ metrics.csv, metrics_per_case.json/.csv)")
     print(f"    figure       {out / 'figure_fold0.png'}")
     print(f"    predictions  {out / 'predictions'}  (<case>_alpha.png/.npy, <case>_uncertainty.png/.npy)")
     print(f"    model        {ckpt / 'model.pt'}")
+    print(f"    served       {served}  (models/model.pt on {image.name})")
     print(f"    MLflow       experiment 'medical_matting', run 'demo-fold0' in sqlite:///{db}")
     print(f"                 view: mlflow ui --backend-store-uri sqlite:///{db}")
     return 0
