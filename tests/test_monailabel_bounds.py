@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tools.processes import stop_process
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
 requests = pytest.importorskip("requests")
@@ -73,12 +74,7 @@ def server(tmp_path_factory):
         wait_until_serving(proc, f"{url}/info/", 180, tail, "MONAI Label server")
         yield {"url": url, "studies": studies, "proc": proc, "tail": tail}
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         log.close()
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tools.processes import stop_process
 from conftest import TINY_APP_NETWORK, free_port, wait_until_serving
 import torch
 
@@ -146,13 +147,7 @@ def _launch(root: Path, bundle: Path, studies: Path, name: str, extra: list, hos
 
 
 def _stop(proc) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_process(proc)
 
 
 class Server:

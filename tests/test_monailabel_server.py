@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_APP_NETWORK, free_port, wait_until_serving
+from tools.processes import stop_process
 import torch
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
@@ -107,13 +108,7 @@ class Server:
         wait_until_serving(self.proc, f"{self.url}/info/", STARTUP_TIMEOUT_S, self.log_tail, "monailabel server")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
 
     def infer(self, image: str, params: dict | None = None, output: str = "image") -> requests.Response:

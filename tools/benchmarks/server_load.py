@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from tools import provenance
+from tools.processes import stop_process
 
 __all__ = ["NETWORKS", "run_load", "main"]
 
@@ -143,12 +144,7 @@ def run_load(requests_total: int = 200, concurrency: int = 8, network: str = "de
             load_after = provenance.load_average()
         finally:
             stop.set()
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc, timeout=30)
             sampler.join(timeout=5)
     ok = [r["seconds"] for r in results if r["status"] == 200]
     failures: Dict[str, int] = {}
