@@ -151,7 +151,7 @@ def test_scripted_model_names_a_num_samples_it_was_not_exported_with():
 _LOAD_AND_RUN = r"""
 import sys, torch
 model = torch.jit.load(sys.argv[1])
-inputs = torch.load(sys.argv[2])
+inputs = torch.load(sys.argv[2], weights_only=True)
 out = {"alpha": [model(x) for x in inputs], "predict": [model.predict(x) for x in inputs],
        "resized": model(inputs[0], [48, 70])}
 assert not any(name == "scripts" or name.startswith("scripts.") for name in sys.modules), "imported scripts"
@@ -167,7 +167,7 @@ def test_ckpt_export_loads_without_the_bundle_code_and_equals_eager(tiny_torchsc
     result = subprocess.run([sys.executable, "-I", "-c", _LOAD_AND_RUN, str(ts), str(tmp_path / "inputs.pt"),
                              str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = torch.load(tmp_path / "out.pt")
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
     with torch.no_grad():
         for x, alpha, pred in zip(inputs, out["alpha"], out["predict"]):
             eager = net.predict(x)
