@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_OVERRIDES, cli_args
+
+from scripts.metric_names import METRIC_NAMES
 import torch
 from PIL import Image
 
@@ -27,8 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 
 CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
 TINY = [*cli_args(TINY_OVERRIDES), "--progress_bar", "False"]
-METRICS = ["sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown",
-           "sad_image", "mse_image", "grad_image", "conn_image", "ged", "dice"]
+METRICS = list(METRIC_NAMES)
 
 
 def _env() -> dict:

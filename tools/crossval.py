@@ -42,6 +42,7 @@ from typing import Any
 
 from scripts import BUNDLE_ROOT
 from scripts.atomic import remove_stale_temporaries, write_text_atomic
+from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
 __all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "aggregate_folds", "write_aggregate",
@@ -51,8 +52,7 @@ DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
 PER_CASE_FILE = "metrics_per_case.json"
 # order of the columns in the tables (others follow in file order)
-PREFERRED_ORDER = ("sad_unknown", "mse_unknown", "grad_unknown", "conn_unknown",
-                   "sad_image", "mse_image", "grad_image", "conn_image", "ged", "dice")
+PREFERRED_ORDER = METRIC_NAMES
 
 
 class CrossvalError(ValueError):

@@ -1,10 +1,5 @@
-"""The evaluation's metric names, listed once, and the MONAI metric handlers built from them.
-
-A name is ``<metric>_<region>`` for the alpha-matting errors (``sad_unknown`` = SAD inside the
-trimap's unknown region, as in the published tables; ``sad_image`` over the whole image) or
-``ged`` / ``dice`` for the Probabilistic U-Net's samples against the raters' masks. Configs,
-the metrics writer, the cross-validation tables and the reproduction report all read
-:data:`METRIC_NAMES`; nothing else spells the list out.
+"""The MONAI metric handlers of the evaluation, built from the metric names of ``scripts/metric_names.py``
+(listed there once; re-exported here as ``scripts.metrics.METRIC_NAMES`` for the configs).
 
 Example (bundle config)::
 
@@ -18,15 +13,13 @@ from collections.abc import Sequence
 
 from monai.handlers import IgniteMetricHandler, from_engine
 
-from .matting import MATTING_METRIC_NAMES, MATTING_REGIONS, MattingMetric
+from scripts.metric_names import METRIC_NAMES, SAMPLE_METRIC_NAMES
+
+from .matting import MattingMetric
 from .samples import GeneralizedEnergyDistance, SampleDiceMetric
 
 __all__ = ["METRIC_NAMES", "SAMPLE_METRIC_NAMES", "metric_handlers"]
 
-#: metrics of the Prob. U-Net samples (evaluator output ``sample_probs`` against ``masks``)
-SAMPLE_METRIC_NAMES = ("ged", "dice")
-#: every evaluation metric, in report order: the first is the key metric (lower is better)
-METRIC_NAMES = tuple(f"{m}_{r}" for r in MATTING_REGIONS for m in MATTING_METRIC_NAMES) + SAMPLE_METRIC_NAMES
 
 
 def metric_handlers(names: Sequence[str], prefix: str = "", save_details: bool = True) -> dict[str, IgniteMetricHandler]:

@@ -24,6 +24,8 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 from scipy import ndimage
 
+from scripts.metric_names import MATTING_METRIC_NAMES, MATTING_REGIONS
+
 __all__ = [
     "MATTING_METRIC_NAMES",
     "MATTING_REGIONS",
@@ -38,8 +40,6 @@ __all__ = [
     "MattingMetric",
 ]
 
-MATTING_METRIC_NAMES = ("sad", "mse", "grad", "conn")
-MATTING_REGIONS = ("unknown", "image")
 
 #: sigma of the Gaussian-derivative filter of the Grad metric (DIM code: ``gaussgradient(pred, 1.4)``)
 GRAD_SIGMA = 1.4
