@@ -24,7 +24,7 @@ from monai.utils import CommonKeys as Keys
 
 from scripts.data.transforms import TRIMAP_UNKNOWN
 from scripts.losses import PSEUDO_GROUND_TRUTH_MODES, pseudo_ground_truth
-from scripts.workflows.inference import MattingInferer
+from scripts.workflows.inference import MattingInferer, run_matting_inferer
 
 __all__ = ["LOSS_NAMES", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
 
@@ -228,12 +228,7 @@ class MattingEvaluator(SupervisedEvaluator):
         }
         if engine.case_key in batchdata:
             engine.state.output["case"] = list(batchdata[engine.case_key])
-        with engine.mode(engine.network):
-            if engine.amp:
-                with torch.autocast("cuda", **engine.amp_kwargs):
-                    out = engine.inferer(image, engine.network)
-            else:
-                out = engine.inferer(image, engine.network)
+        out = run_matting_inferer(engine, image)
         engine.state.output[Keys.PRED] = out["alpha"].float()
         engine.state.output["uncertainty"] = out["uncertainty"].float()
         engine.state.output["sample_probs"] = out["sample_probs"].float()

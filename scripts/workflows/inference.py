@@ -50,6 +50,7 @@ __all__ = [
     "EnsureImage2Dd",
     "DEFAULT_MAX_INTERNAL_SIZE",
     "MattingInferer",
+    "run_matting_inferer",
     "MattingInferenceEvaluator",
 ]
 
@@ -251,9 +252,8 @@ def load_trained_network(
         if fallback_config is None:
             raise FileNotFoundError(f"checkpoint not found: {ckpt_path}, and no fallback_config to build an untrained network")
         warnings.warn(f"checkpoint {ckpt_path} not found: running the UNTRAINED network (allow_untrained=true)")
-        network = _fallback_network(fallback_config, bundle_root, fallback_overrides)
-        config = dict(network.config, **prediction)
-        return MedicalMattingNet(**config) if prediction else network
+        # the prediction settings are top-level keys of the training config too
+        return _fallback_network(fallback_config, bundle_root, {**dict(fallback_overrides or {}), **prediction})
     state = read_state_dict(ckpt_path, map_location)
     config = MedicalMattingNet.checkpoint_config(state)
     if config is None:
@@ -460,6 +460,20 @@ class MattingInferer(Inferer):
         return network.predict(x, **options)
 
 
+def run_matting_inferer(engine: SupervisedEvaluator, image: torch.Tensor) -> Mapping[str, torch.Tensor]:
+    """The prediction step of both evaluators: ``engine.inferer(image, engine.network)`` in eval mode
+    (CUDA autocast with ``amp``), checked to be ``predict``'s dict (``alpha``, ``uncertainty``, ...)."""
+    with engine.mode(engine.network):
+        if engine.amp:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                out = engine.inferer(image, engine.network)
+        else:
+            out = engine.inferer(image, engine.network)
+    if not isinstance(out, Mapping) or "alpha" not in out or "uncertainty" not in out:
+        raise TypeError("the inferer must return a dict with 'alpha' and 'uncertainty' (MedicalMattingNet.predict)")
+    return out
+
+
 class MattingInferenceEvaluator(SupervisedEvaluator):
     """``SupervisedEvaluator`` for ``MedicalMattingNet.predict``: keeps the alpha matte and the uncertainty map.
 
@@ -498,14 +512,7 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
         try:
             batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
             inputs = batch[0]
-            with engine.mode(engine.network):
-                if engine.amp:
-                    with torch.autocast("cuda", **engine.amp_kwargs):
-                        out = engine.inferer(inputs, engine.network)
-                else:
-                    out = engine.inferer(inputs, engine.network)
-            if not isinstance(out, Mapping) or "alpha" not in out or "uncertainty" not in out:
-                raise TypeError("the inferer must return a dict with 'alpha' and 'uncertainty' (MedicalMattingNet.predict)")
+            out = run_matting_inferer(engine, inputs)
         except (ValueError, RuntimeError, TypeError, MemoryError) as e:  # this batch fails, the others go on
             files = getattr(batchdata.get(CommonKeys.IMAGE), "meta", {}).get("filename_or_obj", [])
             cases = batchdata.get("case") or [None] * len(files)

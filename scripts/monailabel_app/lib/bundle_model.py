@@ -83,6 +83,7 @@ class BundleModel:
 
         self._lock = threading.Lock()
         self._template: Optional[torch.nn.Module] = None
+        self._template_mtime: Optional[float] = None  # modification time of the weights the template holds
         self._settings: Dict[str, Any] = {}
         self._cache: Dict[str, Tuple[torch.nn.Module, Optional[float]]] = {}
 
@@ -103,10 +104,14 @@ class BundleModel:
             "prediction": {k: parser.get(k, None) for k in ("num_samples", "test_time_flips")},
             "train_config": str(self.config_file.parent / "train.yaml"),
         }
+        self._template_mtime = self._weights_mtime()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._template = self._load(allow_missing=True)
         self._settings["in_channels"] = int(self._template.in_channels)
+
+    def _weights_mtime(self) -> Optional[float]:
+        return self.weights_path.stat().st_mtime if self.has_weights() else None
 
     def _load(self, allow_missing: bool) -> torch.nn.Module:
         """The served network: the one the checkpoint was trained as (configs/inference.yaml's rule)."""
@@ -165,13 +170,13 @@ class BundleModel:
             trained = self.has_weights()
             if not trained and not self.allow_untrained:
                 raise NoTrainedWeightsError(self.status()["message"])
-            mtime = self.weights_path.stat().st_mtime if trained else None
+            mtime = self._weights_mtime() if trained else None
             cached = self._cache.get(device)
             if cached is not None and cached[1] == mtime:
                 return cached[0], trained
 
-            if trained:
-                network = self._load(allow_missing=False)
+            if trained:  # the template already holds these weights unless the file changed since
+                network = copy.deepcopy(self._template) if self._template_mtime == mtime else self._load(False)
                 logger.info(f"medical_matting: loaded trained weights {self.weights_path}")
             else:
                 network = copy.deepcopy(self._template)
