@@ -8,8 +8,10 @@ import torch
 from scripts.metrics import (
     GeneralizedEnergyDistance,
     SampleDiceMetric,
+    UncertaintyRaterCorrelation,
     compute_generalized_energy_distance,
     compute_sample_dice,
+    compute_uncertainty_rater_correlation,
 )
 
 
@@ -69,3 +71,21 @@ def test_metric_classes_buffer_and_aggregate():
     assert torch.all(compute_generalized_energy_distance(samples, raters) >= 0)
     with pytest.raises(ValueError, match="differ"):
         compute_sample_dice(samples, raters[:, :, :4])
+
+
+def test_uncertainty_rater_correlation_hand_examples():
+    # 3 raters on 4 pixels: fractions [1, 2/3, 1/3, 0] -> variances [0, 2/9, 2/9, 0]; the last pixel
+    # is outside every rater's mask and is not part of the region
+    raters = masks([1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0])
+    follows = torch.tensor([0.1, 0.8, 0.8, 0.9]).view(1, 1, 1, 4)   # high where raters disagree
+    saturated = torch.tensor([0.9, 0.8, 0.8, 0.0]).view(1, 1, 1, 4)  # high over the whole structure
+    assert compute_uncertainty_rater_correlation(follows, raters).item() == pytest.approx(1.0)
+    assert compute_uncertainty_rater_correlation(saturated, raters).item() == pytest.approx(-1.0)
+    # a constant map, or no rater foreground at all, has no correlation: NaN, left out of the mean
+    assert torch.isnan(compute_uncertainty_rater_correlation(torch.full((1, 1, 1, 4), 0.5), raters)).all()
+    assert torch.isnan(compute_uncertainty_rater_correlation(follows, masks([0, 0, 0, 0]))).all()
+    metric = UncertaintyRaterCorrelation()
+    metric(torch.cat([follows, torch.full((1, 1, 1, 4), 0.5)]), torch.cat([raters, raters]))
+    assert metric.aggregate().item() == pytest.approx(1.0)  # the NaN image does not count
+    with pytest.raises(ValueError, match="uncertainty map"):
+        compute_uncertainty_rater_correlation(torch.rand(1, 2, 1, 4), raters)

@@ -21,3 +21,41 @@ def test_summarize_values_and_csv(tmp_path):
     assert stats == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 2}
     path = write_csv_atomic(tmp_path / "t.csv", ["name", "value", "n"], [["a", 0.1, 2], ["b", None, 0]])
     assert path.read_text().splitlines() == ["name,value,n", "a,0.1,2", "b,,0"]
+
+
+def _run_entry(recipe, seed, sad, folds):
+    from scripts.metric_names import METRIC_NAMES
+
+    mean = {c: 0.01 for c in METRIC_NAMES} | {"sad_unknown": sad, "mse_unknown": 0.02, "grad_unknown": 0.3}
+    return {"recipe": recipe, "train_seed": seed, "mean": mean, "std": {c: 0.0 for c in METRIC_NAMES},
+            "folds": folds, "total_seconds": 600.0 + seed}
+
+
+def test_goal_check_and_seed_summary(tmp_path):
+    from tools.reproduce import PAPER_TABLE1, PAPER_ROW, goal_check, run_name, seed_summary, write_markdown
+
+    assert run_name("ours", 0) == "ours" and run_name("ours", 2) == "ours_seed2"
+    good_fold = {"sad_unknown": 0.29, "mse_unknown": 0.02, "grad_unknown": 0.3}
+    bad_fold = {"sad_unknown": PAPER_TABLE1[PAPER_ROW]["sad_unknown"] + 0.01, "mse_unknown": 0.02, "grad_unknown": 0.3}
+    ok = goal_check(_run_entry("ours", 0, 0.29, {"0": good_fold}))
+    assert ok["goal_met"] and ok["folds_worse_than_paper"] == []
+    bad = goal_check(_run_entry("ours", 0, 0.31, {"0": good_fold, "1": bad_fold}))
+    assert not bad["goal_met"] and not bad["goal_per_metric"]["sad_unknown"]
+    assert bad["folds_worse_than_paper"] == ["fold 1 sad_unknown"]
+
+    results = {"recipes": {"ours": _run_entry("ours", 0, 0.30, {"0": good_fold}),
+                           "ours_seed1": _run_entry("ours", 1, 0.32, {"0": good_fold}),
+                           "paper": _run_entry("paper", 0, 1.1, {"0": bad_fold})}}
+    summary = seed_summary(results, "ours")
+    assert summary["seeds"] == [0, 1] and summary["runs"] == ["ours", "ours_seed1"]
+    assert summary["mean"]["sad_unknown"] == pytest.approx(0.31) and summary["std"]["sad_unknown"] == pytest.approx(0.01)
+    assert seed_summary(results, "paper") is None  # one seed: no summary
+    for run in results["recipes"].values():
+        run.update(command="python -m tools.reproduce", config_files=["configs/train.yaml"], commit="abc",
+                   machine={"cpu": "cpu", "logical_cpus": 2, "platform": "linux"}, versions={"torch": "x"},
+                   num_cases={"0": 10}, fold_seconds={"0": 1.0}, figures=[])
+    write_markdown(results, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "over training seeds [0, 1]" in text and "0.3100 +/- 0.0100" in text
+    assert "unc. corr." in text and "goal (mean SAD <= 0.3" in text
+    assert "folds worse than the paper's row: fold 0 sad_unknown" in text  # the paper recipe's bad fold

@@ -17,7 +17,9 @@ from .handlers import METRIC_NAMES, SAMPLE_METRIC_NAMES, metric_handlers
 from .samples import (
     GeneralizedEnergyDistance,
     SampleDiceMetric,
+    UncertaintyRaterCorrelation,
     compute_generalized_energy_distance,
+    compute_uncertainty_rater_correlation,
     compute_sample_dice,
     pairwise_iou_distance,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "MattingMetric",
     "GeneralizedEnergyDistance",
     "SampleDiceMetric",
+    "UncertaintyRaterCorrelation",
+    "compute_uncertainty_rater_correlation",
     "compute_conn",
     "compute_grad",
     "compute_matting_metric",

@@ -16,7 +16,7 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from scripts.metric_names import METRIC_NAMES, SAMPLE_METRIC_NAMES
 
 from .matting import MattingMetric
-from .samples import GeneralizedEnergyDistance, SampleDiceMetric
+from .samples import GeneralizedEnergyDistance, SampleDiceMetric, UncertaintyRaterCorrelation
 
 __all__ = ["METRIC_NAMES", "SAMPLE_METRIC_NAMES", "metric_handlers"]
 
@@ -26,7 +26,8 @@ def metric_handlers(names: Sequence[str], prefix: str = "", save_details: bool =
     """``{prefix + name: IgniteMetricHandler}`` for ``key_val_metric`` / ``additional_metrics`` of an evaluator.
 
     The matting metrics read ``from_engine(["pred", "label"])`` (alpha, [true alpha, unknown
-    region]) and the sample metrics ``from_engine(["sample_probs", "masks"])``: the keys of
+    region]), the sample metrics ``from_engine(["sample_probs", "masks"])`` and ``unc_corr``
+    ``from_engine(["uncertainty", "masks"])``: the keys of
     ``MattingEvaluator``'s output.
 
     Args:
@@ -46,6 +47,8 @@ def metric_handlers(names: Sequence[str], prefix: str = "", save_details: bool =
             metric, output = GeneralizedEnergyDistance(), ["sample_probs", "masks"]
         elif name == "dice":
             metric, output = SampleDiceMetric(), ["sample_probs", "masks"]
+        elif name == "unc_corr":
+            metric, output = UncertaintyRaterCorrelation(), ["uncertainty", "masks"]
         else:
             kind, region = name.split("_", 1)
             metric, output = MattingMetric(kind, region=region), ["pred", "label"]

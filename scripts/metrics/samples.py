@@ -22,6 +22,8 @@ __all__ = [
     "compute_sample_dice",
     "GeneralizedEnergyDistance",
     "SampleDiceMetric",
+    "compute_uncertainty_rater_correlation",
+    "UncertaintyRaterCorrelation",
 ]
 
 
@@ -122,6 +124,49 @@ def compute_sample_dice(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, 2.0 * inter / total.clamp_min(1.0), torch.ones_like(total))
 
 
+def compute_uncertainty_rater_correlation(uncertainty: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the uncertainty map with the raters' disagreement, one value per image (B,).
+
+    Disagreement is the per-pixel variance of the K binary rater masks, ``p (1 - p)`` with ``p`` the
+    fraction of raters marking the pixel. The correlation is taken inside the structure: the pixels
+    that at least one rater marks (outside, every rater agrees on background and the variance is
+    0, so those pixels would reward any map that is merely dark outside the structure). An image
+    whose region is empty or where either map is constant gives NaN (left out of the mean).
+
+    Args:
+        uncertainty: (B, 1, H, W) uncertainty map.
+        y: (B, K, H, W) rater masks, values {0, 1}.
+
+    Example::
+
+        >>> r = torch.tensor([[[[1., 1., 1.]], [[1., 1., 0.]], [[1., 0., 0.]]]])  # (1, 3, 1, 3)
+        >>> compute_uncertainty_rater_correlation(torch.tensor([[[[0.0, 0.9, 0.9]]]]), r)
+        tensor([1.0000], dtype=torch.float64)
+    """
+    if uncertainty.ndim != 4 or uncertainty.shape[1] != 1 or y.ndim != 4:
+        raise ValueError(
+            f"expected an uncertainty map (B, 1, H, W) and rater masks (B, K, H, W), "
+            f"got {tuple(uncertainty.shape)} and {tuple(y.shape)}."
+        )
+    if uncertainty.shape[0] != y.shape[0] or uncertainty.shape[2:] != y.shape[2:]:
+        raise ValueError(
+            f"uncertainty {tuple(uncertainty.shape)} and rater masks {tuple(y.shape)} differ in batch or spatial size."
+        )
+    p = binarize(y).to(torch.float64).mean(dim=1).flatten(1)  # (B, HW)
+    u = uncertainty.to(torch.float64).flatten(1)
+    region = (p > 0).to(torch.float64)
+    count = region.sum(-1)
+    var = p * (1.0 - p)
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return (x - (x * region).sum(-1, keepdim=True) / count.clamp_min(1.0)[:, None]) * region
+
+    cu, cv = centred(u), centred(var)
+    den = torch.sqrt((cu * cu).sum(-1) * (cv * cv).sum(-1))
+    nan = torch.full_like(den, float("nan"))
+    return torch.where((count > 1) & (den > 0), (cu * cv).sum(-1) / den.clamp_min(1e-300), nan)
+
+
 class _PerImageMetric(CumulativeIterationMetric):
     """Shared buffer/aggregate logic: one value per image, reduced by MONAI's ``do_metric_reduction``."""
 
@@ -189,3 +234,21 @@ class SampleDiceMetric(_PerImageMetric):
 
     def _value(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return compute_sample_dice(y_pred, y)
+
+
+class UncertaintyRaterCorrelation(_PerImageMetric):
+    """Pearson correlation of the uncertainty map with the raters' per-pixel variance, per image.
+
+    ``metric(y_pred, y)`` with ``y_pred`` (B, 1, H, W) the uncertainty map and ``y`` (B, K, H, W)
+    the rater masks (:func:`compute_uncertainty_rater_correlation`); higher is better, 1 when the
+    map is an affine function of the disagreement inside the structure.
+
+    Example::
+
+        >>> corr = UncertaintyRaterCorrelation()
+        >>> _ = corr(torch.rand(2, 1, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).float())
+        >>> corr.aggregate()
+    """
+
+    def _value(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return compute_uncertainty_rater_correlation(y_pred, y)

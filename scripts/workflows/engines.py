@@ -57,6 +57,11 @@ class MattingTrainer(SupervisedTrainer):
         pseudo_gt: ``"rater"`` or ``"threshold"``.
         threshold_range: (low, high) of the random threshold level of ``"threshold"``.
         seed: seed of the generator drawing the pseudo ground truth (``None``: global RNG).
+        cpu_bf16: on a CPU device, run the network's forward pass under ``torch.autocast("cpu",
+            dtype=torch.bfloat16)`` (convolutions and linear layers in bfloat16; the loss and the
+            optimiser step stay in float32, no loss scaling is needed for bfloat16). About 0.65x the
+            step time on CPUs with AVX-512 bf16 (docs/benchmarks.md). Ignored on CUDA, where
+            ``amp`` is MONAI's float16 mixed precision.
         image_key, alpha_key, masks_key: batch keys.
         kwargs: other ``SupervisedTrainer`` arguments (``train_handlers``, ``additional_metrics``,
             ``amp``, ``decollate``, ...).
@@ -83,6 +88,7 @@ class MattingTrainer(SupervisedTrainer):
         image_key: str = "image",
         alpha_key: str = "alpha",
         masks_key: str = "masks",
+        cpu_bf16: bool = False,
         **kwargs: Any,
     ) -> None:
         if pseudo_gt not in PSEUDO_GROUND_TRUTH_MODES:
@@ -104,6 +110,7 @@ class MattingTrainer(SupervisedTrainer):
         self.threshold_range = (float(threshold_range[0]), float(threshold_range[1]))
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
+        self.cpu_bf16 = bool(cpu_bf16)
 
     def _iteration(self, engine: MattingTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -122,7 +129,12 @@ class MattingTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         def _forward() -> dict:
-            out = engine.network.forward_train(image, seg_target)
+            if engine.cpu_bf16 and image.device.type == "cpu":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = engine.network.forward_train(image, seg_target)
+                out = {key: value.float() for key, value in out.items()}  # the loss in float32
+            else:
+                out = engine.network.forward_train(image, seg_target)
             engine.state.output[Keys.PRED] = out["alpha"]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             losses = engine.loss_function(out, alpha, seg_target)
