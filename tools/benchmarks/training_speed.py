@@ -136,6 +136,7 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
         "batch_size": int(get("batch_size")),
         "learning_rate": float(get("learning_rate")),
         "pseudo_gt": str(get("pseudo_gt")),
+        "cpu_bf16": bool(get("cpu_bf16")),
         "in_channels": int(get("in_channels")),
         "num_samples": int(network.num_samples),
         "network_args": network_args,
@@ -234,15 +235,21 @@ def make_trainer(parts: dict, batches: List[dict], seed: int = 0):
         key_train_metric=loss_averages(["loss"]),
         additional_metrics=loss_averages(["ce", "kl", "l1", "grad", "seg", "mat", "w_seg", "w_mat"]),
         metric_cmp_fn=lambda current, best: current < best,
+        cpu_bf16=parts.get("cpu_bf16", False),
     )
     return trainer, StepTimer().attach(trainer)
 
 
 def run_iterations(trainer: Any, bf16: bool = False) -> None:
-    """One ``trainer.run()`` (one pass over its batches), inside CPU bfloat16 autocast when asked."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with ctx:
+    """One ``trainer.run()`` (one pass over its batches); ``bf16`` turns on the trainer's CPU bfloat16
+    autocast (``MattingTrainer(cpu_bf16=True)``: the forward pass in bfloat16, the loss in float32)
+    for this pass, whatever the config says."""
+    configured = trainer.cpu_bf16
+    trainer.cpu_bf16 = configured or bf16
+    try:
         trainer.run()
+    finally:
+        trainer.cpu_bf16 = configured
 
 
 def compile_network(network: torch.nn.Module) -> None:
