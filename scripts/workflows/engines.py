@@ -58,6 +58,12 @@ class MattingTrainer(SupervisedTrainer):
         threshold_range: (low, high) of the random threshold level of ``"threshold"``.
         seed: seed of the generator drawing the pseudo ground truth (``None``: global RNG).
         image_key, alpha_key, masks_key: batch keys.
+        train_step: optional module whose ``forward(image, seg_target, alpha)`` returns
+            ``(forward_train dict, loss dict)`` for ``network`` and ``loss_function``, used for the
+            forward pass instead of calling them one after the other: the
+            ``DistributedDataParallel``-wrapped ``scripts.workflows.distributed.MattingTrainStep`` of
+            ``configs/multi_gpu_train.yaml`` (gradients of the network and the learned loss weights
+            averaged over the ranks).
         kwargs: other ``SupervisedTrainer`` arguments (``train_handlers``, ``additional_metrics``,
             ``amp``, ``decollate``, ...).
 
@@ -83,6 +89,7 @@ class MattingTrainer(SupervisedTrainer):
         image_key: str = "image",
         alpha_key: str = "alpha",
         masks_key: str = "masks",
+        train_step: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if pseudo_gt not in PSEUDO_GROUND_TRUTH_MODES:
@@ -104,6 +111,7 @@ class MattingTrainer(SupervisedTrainer):
         self.threshold_range = (float(threshold_range[0]), float(threshold_range[1]))
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
+        self.train_step = train_step
 
     def _iteration(self, engine: MattingTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -119,13 +127,19 @@ class MattingTrainer(SupervisedTrainer):
 
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: alpha}
         engine.network.train()
+        if engine.train_step is not None:
+            engine.train_step.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         def _forward() -> dict:
-            out = engine.network.forward_train(image, seg_target)
+            if engine.train_step is not None:  # network + loss in one forward (DistributedDataParallel)
+                out, losses = engine.train_step(image, seg_target, alpha)
+            else:
+                out = engine.network.forward_train(image, seg_target)
             engine.state.output[Keys.PRED] = out["alpha"]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            losses = engine.loss_function(out, alpha, seg_target)
+            if engine.train_step is None:
+                losses = engine.loss_function(out, alpha, seg_target)
             engine.state.output[Keys.LOSS] = losses["loss"]
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             return losses
