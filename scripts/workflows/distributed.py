@@ -12,10 +12,10 @@ loss weights unsynchronised (each rank would learn its own weighting) and would 
 every parameter the optimiser steps gets the gradient averaged over all ranks, in the same
 all-reduce buckets, overlapped with the backward pass.
 
-``find_unused_parameters`` stays ``False`` (the default of ``multi_gpu_train.yaml``): with every
-network option of ``configs/train.yaml`` (``upsampling``, ``scales``, ``weighting``) each parameter of
-the network and the loss gets a gradient in every step (checked by ``tests/test_distributed.py``),
-and the unused-parameter search costs a graph traversal per step. A network variant that leaves
+``find_unused_parameters`` stays ``False`` (the default of ``multi_gpu_train.yaml``): each parameter
+of the network and the loss gets a gradient in every step -- checked by ``tests/test_distributed.py``
+for every ``upsampling``, ``scales`` 1 and 3 and both ``weighting``s -- and the unused-parameter
+search would cost a graph traversal per step. A network variant that leaves
 parameters out of the loss makes ``DistributedDataParallel`` raise at the second step and name them;
 set ``--ddp_find_unused_parameters True`` then.
 
