@@ -325,12 +325,16 @@ def _selected_folds(dataset_dir: Path, folds: Sequence[int] | None) -> list[int]
     return folds
 
 
+def _failed(status: dict[str, dict[str, Any]]) -> list[int]:
+    return [int(k) for k, s in status.items() if s["status"] == "failed"]
+
+
 def _finish(
     out: Path, folds: list[int], status: dict[str, dict[str, Any]], parent: _ParentRun | None, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """Aggregate the finished folds, write the tables (and the parent run's metrics); print where they are."""
     aggregate = aggregate_folds(out, folds)
-    failed = [int(k) for k, s in status.items() if s["status"] == "failed"]
+    failed = _failed(status)
     extra = {**extra, "failed": failed, "status": status,
              "seconds_all_folds": round(sum(s.get("seconds", 0.0) for s in status.values()), 1)}
     paths = write_aggregate(out, aggregate, extra)
@@ -467,10 +471,9 @@ def run_crossval(
         list(pool.map(run_fold, todo))
     status = {str(k): status[str(k)] for k in folds}
     if not aggregate:
-        failed = [int(k) for k, s in status.items() if s["status"] == "failed"]
         print(f"[crossval] folds {folds} run, no aggregate (--aggregate_only writes it once all folds are done)",
               flush=True)
-        return {"aggregate": None, "status": status, "failed": failed, "paths": {}}
+        return {"aggregate": None, "status": status, "failed": _failed(status), "paths": {}}
     write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
     return _finish(out, folds, status, parent, {
         "dataset_dir": str(dataset_dir),
