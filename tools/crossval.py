@@ -19,9 +19,20 @@ cross-validation (tag ``cv_id`` on all of them); the parent run gets the aggrega
 (``mean_<metric>``, ``std_<metric>``) and the three tables as artifacts. The store defaults to
 ``sqlite:///OUT/mlruns.db`` (``--tracking_uri`` to use a server).
 
+Folds as independent jobs (a cluster array job, docs/scaling.md): ``--folds K --no_aggregate``
+runs fold K alone and writes nothing outside ``OUT/fold<K>/`` (its status in
+``OUT/fold<K>/fold_status.json``); once every fold is done, ``--aggregate_only`` writes the aggregate
+from the fold folders alone -- the same tables as an all-in-one run -- and refuses with one error
+line naming the folders of folds that have no results. With tracking, the fold jobs' runs carry the
+``cv_id`` tag and the aggregate step creates the parent run and nests them under it (no two jobs
+race to create it).
+
 Example::
 
     python -m tools.crossval --dataset_dir data/phantom --output_dir eval/cv --epochs 20
+    # one fold per job, then the aggregate
+    python -m tools.crossval --dataset_dir data/phantom --output_dir eval/cv --epochs 20 --folds 2 --no_aggregate
+    python -m tools.crossval --dataset_dir data/phantom --output_dir eval/cv --aggregate_only
 """
 
 from __future__ import annotations
@@ -46,11 +57,13 @@ from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
 __all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "aggregate_folds", "write_aggregate",
-           "run_crossval", "main"]
+           "run_crossval", "aggregate_crossval", "main"]
 
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
 PER_CASE_FILE = "metrics_per_case.json"
+#: a fold's outcome in its own folder (``{"status", "seconds", ...}``), read by ``--aggregate_only``
+FOLD_STATUS_FILE = "fold_status.json"
 # order of the columns in the tables (others follow in file order)
 PREFERRED_ORDER = METRIC_NAMES
 
@@ -212,22 +225,38 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
     return paths
 
 
+def _experiment(tracking_uri: str, experiment_name: str) -> tuple[Any, str]:
+    """``(MlflowClient, experiment id)`` of ``experiment_name``, created when missing.
+
+    Fold jobs started at the same time may both find no experiment: the one whose creation is
+    refused (it exists now) reads the other's.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        artifact_location = (db.parent / "mlruns").absolute().as_uri()
+    try:
+        return client, client.create_experiment(experiment_name, artifact_location=artifact_location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            raise
+        return client, experiment.experiment_id
+
+
 class _ParentRun:
     """The MLflow parent run of a cross-validation (found again by its ``cv_id`` on resume)."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, cv_id: str, params: dict[str, Any]) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            artifact_location = None
-            if tracking_uri.startswith("sqlite:///"):
-                db = Path(tracking_uri[len("sqlite:///"):])
-                artifact_location = (db.parent / "mlruns").absolute().as_uri()
-            experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifact_location)
-        else:
-            experiment_id = experiment.experiment_id
+        self.client, experiment_id = _experiment(tracking_uri, experiment_name)
+        self.experiment_id, self.cv_id = experiment_id, cv_id
         runs = self.client.search_runs(
             [experiment_id], filter_string=f"tags.cv_id = '{cv_id}' and tags.cv_parent = 'true'",
             order_by=["attributes.start_time DESC"],
@@ -243,6 +272,13 @@ class _ParentRun:
         for key, value in params.items():
             if key not in logged:
                 self.client.log_param(self.run_id, key, str(value)[:6000])
+
+    def adopt_folds(self) -> None:
+        """Nest the folds' runs of this ``cv_id`` (run as separate jobs, without a parent) under this run."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.cv_id = '{self.cv_id}'")
+        for run in runs:
+            if run.data.tags.get("cv_parent") != "true" and run.data.tags.get("mlflow.parentRunId") != self.run_id:
+                self.client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
 
     def finish(self, aggregate: dict[str, Any], artifacts: Sequence[Path], failed: bool) -> None:
         from mlflow.entities import Metric
@@ -279,6 +315,38 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], echo: bool)
         return proc.wait()
 
 
+def _selected_folds(dataset_dir: Path, folds: Sequence[int] | None) -> list[int]:
+    """The folds to run or aggregate (default: all of the datalist); a :class:`CrossvalError` for one out of range."""
+    num_folds = _read_datalist_header(dataset_dir)
+    folds = list(range(num_folds)) if not folds else [int(k) for k in folds]
+    bad = [k for k in folds if not 0 <= k < num_folds]
+    if bad:
+        raise CrossvalError(f"--folds {' '.join(map(str, bad))}: not in 0 .. {num_folds - 1} ({dataset_dir / 'datalist.json'})")
+    return folds
+
+
+def _failed(status: dict[str, dict[str, Any]]) -> list[int]:
+    return [int(k) for k, s in status.items() if s["status"] == "failed"]
+
+
+def _finish(
+    out: Path, folds: list[int], status: dict[str, dict[str, Any]], parent: _ParentRun | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Aggregate the finished folds, write the tables (and the parent run's metrics); print where they are."""
+    aggregate = aggregate_folds(out, folds)
+    failed = _failed(status)
+    extra = {**extra, "failed": failed, "status": status,
+             "seconds_all_folds": round(sum(s.get("seconds", 0.0) for s in status.values()), 1)}
+    paths = write_aggregate(out, aggregate, extra)
+    if parent is not None:
+        parent.finish(aggregate, [paths["json"], paths["csv"], paths["md"]], failed=bool(failed or aggregate["missing"]))
+    print(f"[crossval] {len(aggregate['finished'])} of {len(folds)} folds finished; aggregate in {paths['md']}",
+          flush=True)
+    if failed:
+        print(f"[crossval] failed folds: {failed} (rerun the same command to retry them)", flush=True)
+    return {"aggregate": aggregate, "status": status, "failed": failed, "paths": paths}
+
+
 def run_crossval(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -294,6 +362,7 @@ def run_crossval(
     command: str | None = None,
     jobs: int = 1,
     threads_per_job: int | None = None,
+    aggregate: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the cross-validation and write the aggregate; see the module docstring.
 
@@ -315,19 +384,19 @@ def run_crossval(
             ``jobs``); on the 2-core machines two 1-thread folds train faster than one 2-thread
             fold after another (docs/benchmarks.md). Folds' output then goes only to their logs.
         threads_per_job: torch threads (``OMP_NUM_THREADS``) of each fold process when ``jobs > 1``.
+        aggregate: ``False`` runs the folds only and writes nothing outside their ``fold<k>/``
+            folders: one fold per cluster job, several jobs on one ``output_dir`` at a time, and
+            :func:`aggregate_crossval` at the end; with tracking, no parent run is created (the
+            aggregate step creates it and nests the folds' runs, found by their ``cv_id`` tag).
 
     Returns:
-        ``{"aggregate": ..., "status": {fold: {...}}, "failed": [...], "paths": {...}}``.
+        ``{"aggregate": ..., "status": {fold: {...}}, "failed": [...], "paths": {...}}`` (``aggregate``
+        ``None`` and no ``paths`` when ``aggregate=False``).
     """
     start = time.time()
     out = Path(output_dir).absolute()
     dataset_dir = Path(dataset_dir).absolute()
-    datalist_path = dataset_dir / "datalist.json"
-    num_folds = _read_datalist_header(dataset_dir)
-    folds = list(range(num_folds)) if not folds else [int(k) for k in folds]
-    bad = [k for k in folds if not 0 <= k < num_folds]
-    if bad:
-        raise CrossvalError(f"--folds {' '.join(map(str, bad))}: not in 0 .. {num_folds - 1} ({datalist_path})")
+    folds = _selected_folds(dataset_dir, folds)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".crossval-write-test.{os.getpid()}"
@@ -335,8 +404,12 @@ def run_crossval(
         probe.unlink()
     except OSError as e:
         raise CrossvalError(f"--output_dir {out}: cannot write there ({e.strerror or e})") from e
-    # a killed earlier run of this cross-validation leaves hidden atomic-write temporaries: remove them
-    remove_stale_temporaries(out, recursive=True)
+    # a killed earlier run leaves hidden atomic-write temporaries: remove them in the folders this run
+    # writes (only: another job may be writing the other folds' folders, from another machine)
+    if aggregate:
+        remove_stale_temporaries(out)
+    for k in folds:
+        remove_stale_temporaries(out / f"fold{k}", recursive=True)
     cv_id = cv_id or default_cv_id(out)
     # configs relative to the current folder if they exist there, else to the bundle root (the folds' cwd)
     config_files = [str(Path(c).absolute()) if not os.path.isabs(c) and Path(c).is_file() else str(c)
@@ -346,12 +419,15 @@ def run_crossval(
     tracking_args: list[str] = []
     if tracking:
         tracking_uri = tracking_uri or f"sqlite:///{out / 'mlruns.db'}"
-        parent = _ParentRun(tracking_uri, experiment_name, cv_id, {
-            "dataset_dir": str(dataset_dir), "folds": folds, "config_files": config_files,
-            "overrides": " ".join(overrides), "run_id": run_id,
-        })
-        tracking_args = ["--tracking_uri", tracking_uri, "--experiment_name", experiment_name,
-                         "--mlflow_parent_run_id", parent.run_id]
+        tracking_args = ["--tracking_uri", tracking_uri, "--experiment_name", experiment_name]
+        if not aggregate:  # the folds' own handlers would race to create it
+            _experiment(tracking_uri, experiment_name)
+        else:
+            parent = _ParentRun(tracking_uri, experiment_name, cv_id, {
+                "dataset_dir": str(dataset_dir), "folds": folds, "config_files": config_files,
+                "overrides": " ".join(overrides), "run_id": run_id,
+            })
+            tracking_args += ["--mlflow_parent_run_id", parent.run_id]
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -378,9 +454,11 @@ def run_crossval(
             result = {"status": "failed", "returncode": code, "seconds": seconds, "log": str(fold_dir / "log.txt")}
             print(f"[crossval] fold {k}: FAILED (exit code {code}) after {seconds} s; see {fold_dir / 'log.txt'}",
                   flush=True)
+        write_text_atomic(fold_dir / FOLD_STATUS_FILE, json.dumps(result, indent=1) + "\n")
         with lock:
             status[str(k)] = result
-            write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+            if aggregate:
+                write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
 
     todo = []
     for k in folds:
@@ -392,31 +470,73 @@ def run_crossval(
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(run_fold, todo))
     status = {str(k): status[str(k)] for k in folds}
+    if not aggregate:
+        print(f"[crossval] folds {folds} run, no aggregate (--aggregate_only writes it once all folds are done)",
+              flush=True)
+        return {"aggregate": None, "status": status, "failed": _failed(status), "paths": {}}
     write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
-
-    aggregate = aggregate_folds(out, folds)
-    failed = [int(k) for k, s in status.items() if s["status"] == "failed"]
-    extra = {
+    return _finish(out, folds, status, parent, {
         "dataset_dir": str(dataset_dir),
         "config_files": config_files,
         "overrides": list(overrides),
         "run_id": run_id,
         "cv_id": cv_id,
         "jobs": jobs,
-        "failed": failed,
-        "status": status,
         "command": command,
         "seconds_this_invocation": round(time.time() - start, 1),
-        "seconds_all_folds": round(sum(s.get("seconds", 0.0) for s in status.values()), 1),
-    }
-    paths = write_aggregate(out, aggregate, extra)
-    if parent is not None:
-        parent.finish(aggregate, [paths["json"], paths["csv"], paths["md"]], failed=bool(failed or aggregate["missing"]))
-    print(f"[crossval] {len(aggregate['finished'])} of {len(folds)} folds finished; aggregate in {paths['md']}",
-          flush=True)
-    if failed:
-        print(f"[crossval] failed folds: {failed} (rerun the same command to retry them)", flush=True)
-    return {"aggregate": aggregate, "status": status, "failed": failed, "paths": paths}
+    })
+
+
+def aggregate_crossval(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    tracking: str | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str = "medical_matting",
+    cv_id: str | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Write the aggregate of folds that ran as separate jobs (``run_crossval(aggregate=False)``), running nothing.
+
+    The tables are those of an all-in-one :func:`run_crossval`: they are computed from the fold
+    folders alone (``OUT/fold<k>/metrics.json`` and the per-case files; ``fold_status.json`` for the
+    status and time of each fold). With ``tracking``, the parent run of ``cv_id`` is found or created,
+    the folds' runs tagged with that ``cv_id`` are nested under it, and the aggregate is logged to it.
+
+    Raises:
+        CrossvalError: a fold has no results (its ``metrics.json`` is missing: not run, still
+            running or failed); the message names the fold folders and their logs.
+    """
+    start = time.time()
+    out = Path(output_dir).absolute()
+    dataset_dir = Path(dataset_dir).absolute()
+    folds = _selected_folds(dataset_dir, folds)
+    missing = [k for k in folds if not (out / f"fold{k}" / METRICS_FILE).is_file()]
+    if missing:
+        where = ", ".join(str(out / f"fold{k}") for k in missing)
+        raise CrossvalError(
+            f"--aggregate_only: no results for fold(s) {' '.join(map(str, missing))} ({METRICS_FILE} missing in {where}); "
+            f"run them first (--folds {' '.join(map(str, missing))} --no_aggregate) or see their log.txt"
+        )
+    remove_stale_temporaries(out)
+    cv_id = cv_id or default_cv_id(out)
+    status = {}
+    for k in folds:
+        path = out / f"fold{k}" / FOLD_STATUS_FILE
+        status[str(k)] = json.loads(path.read_text()) if path.is_file() else {"status": "done"}
+    parent = None
+    if tracking:
+        tracking_uri = tracking_uri or f"sqlite:///{out / 'mlruns.db'}"
+        parent = _ParentRun(tracking_uri, experiment_name, cv_id, {"dataset_dir": str(dataset_dir), "folds": folds})
+        parent.adopt_folds()
+    return _finish(out, folds, status, parent, {
+        "dataset_dir": str(dataset_dir),
+        "cv_id": cv_id,
+        "aggregate_only": True,
+        "command": command,
+        "seconds_this_invocation": round(time.time() - start, 1),
+    })
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -439,6 +559,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cv_id", default=None, help="id grouping the folds (default: from the output folder)")
     p.add_argument("--jobs", type=int, default=1, help="folds trained at the same time, each with cores/jobs threads")
     p.add_argument("--quiet", action="store_true", help="do not echo the folds' output (it stays in fold<k>/log.txt)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--no_aggregate", action="store_true",
+                      help="run the folds only, write nothing outside OUT/fold<k>/ (one fold per cluster job)")
+    mode.add_argument("--aggregate_only", action="store_true",
+                      help="run nothing: aggregate the finished fold folders (error if a fold has no results)")
     return p
 
 
@@ -469,6 +594,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
+    command = shlex.join(["python", "-m", "tools.crossval", *(sys.argv[1:] if argv is None else argv)])
+    if args.aggregate_only:
+        if overrides:
+            raise CrossvalError(f"--aggregate_only runs no fold: {' '.join(overrides)} would be ignored")
+        result = aggregate_crossval(
+            dataset_dir=args.dataset_dir, output_dir=args.output_dir, folds=args.folds, tracking=args.tracking,
+            tracking_uri=args.tracking_uri, experiment_name=args.experiment_name, cv_id=args.cv_id, command=command,
+        )
+        return 1 if result["failed"] else 0
     result = run_crossval(
         dataset_dir=args.dataset_dir,
         output_dir=args.output_dir,
@@ -482,9 +616,10 @@ def _run(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | N
         cv_id=args.cv_id,
         echo=not args.quiet,
         jobs=args.jobs,
-        command=shlex.join(["python", "-m", "tools.crossval", *(sys.argv[1:] if argv is None else argv)]),
+        command=command,
+        aggregate=not args.no_aggregate,
     )
-    return 1 if result["failed"] or result["aggregate"]["missing"] else 0
+    return 1 if result["failed"] or (result["aggregate"] or {}).get("missing") else 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ same way.
   least one complete checkpoint);
 - on ``COMPLETED``: writes the network's ``state_dict`` to ``ckpt_dir/model.pt`` (atomically).
 
+In a distributed run (``torchrun``, ``configs/multi_gpu_train.yaml``) every rank loads the same
+checkpoint at start (and the ranks check that they resumed from the same epoch: ``ckpt_dir`` must
+be one folder shared by all nodes), and rank 0 alone writes checkpoints and ``model.pt``.
+
 Example::
 
     handler = TrainingCheckpointHandler("models", {"network": net, "optimizer": opt,
@@ -42,6 +46,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts.atomic import atomic_write, remove_stale_temporaries
+from scripts.workflows.distributed import is_main_process, rank_values
 
 __all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "latest_checkpoint", "save_atomic"]
 
@@ -171,8 +176,16 @@ class TrainingCheckpointHandler:
         """Restore the newest checkpoint of ``ckpt_dir`` into ``save_dict`` and the engine (if any)."""
         if not engine.has_event_handler(self.save):
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
-        self._remove_stale_tmp()
-        path = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        if is_main_process():
+            self._remove_stale_tmp()
+        found = find_checkpoints(self.ckpt_dir) if self.resume else []
+        path = found[-1][1] if found else None
+        epochs = rank_values(found[-1][0] if found else -1)  # also a barrier: no rank writes before all have read
+        if len(set(epochs)) > 1:
+            raise RuntimeError(
+                f"the ranks found different newest checkpoints in ckpt_dir {self.ckpt_dir} (epoch per rank, -1 = none: "
+                f"{epochs}); every rank must see the same ckpt_dir (a folder shared by all nodes)."
+            )
         if path is None:
             return
         try:
@@ -215,9 +228,15 @@ class TrainingCheckpointHandler:
         self.logger.info(f"resumed training from {path} (epoch {engine.state.epoch} of {engine.state.max_epochs})")
 
     # ------------------------------------------------------------------ save
-    def save(self, engine: Engine) -> Path:
-        """Write ``checkpoint_epoch=<epoch>.pt`` atomically, then delete all but the ``n_saved`` newest."""
+    def save(self, engine: Engine) -> Path | None:
+        """Write ``checkpoint_epoch=<epoch>.pt`` atomically, then delete all but the ``n_saved`` newest.
+
+        On the ranks other than 0 of a distributed run nothing is written (``None``): rank 0 writes.
+        """
         epoch = int(engine.state.epoch)
+        if not is_main_process():
+            self._last_saved_epoch = epoch
+            return None
         checkpoint = {name: _state_of(obj) for name, obj in self.save_dict.items()}
         checkpoint["trainer"] = engine.state_dict()
         if self.fingerprint is not None:
@@ -233,6 +252,6 @@ class TrainingCheckpointHandler:
         """Save the last epoch (if not yet saved) and write the final weights ``final_filename``."""
         if self._last_saved_epoch != engine.state.epoch and engine.state.epoch > 0:
             self.save(engine)
-        if self.final_filename is not None:
+        if self.final_filename is not None and is_main_process():
             final = save_atomic(_state_of(self.save_dict[self.final_key]), self.ckpt_dir / self.final_filename)
             self.logger.info(f"saved the final weights to {final}")

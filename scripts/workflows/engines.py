@@ -26,7 +26,7 @@ from scripts.data.transforms import TRIMAP_UNKNOWN
 from scripts.losses import PSEUDO_GROUND_TRUTH_MODES, pseudo_ground_truth
 from scripts.workflows.inference import MattingInferer, run_matting_inferer
 
-__all__ = ["LOSS_NAMES", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
+__all__ = ["LOSS_NAMES", "forward_train", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
 
 #: the scalar losses of ``MedicalMattingLoss`` kept in the trainer output (and averaged per epoch)
 LOSS_NAMES = ("loss", "ce", "kl", "l1", "grad", "seg", "mat", "w_seg", "w_mat")
@@ -36,6 +36,17 @@ def _to(batch: dict, key: str, device: torch.device, non_blocking: bool) -> torc
     if key not in batch:
         raise KeyError(f"the batch has no {key!r} entry (keys: {sorted(map(str, batch))}).")
     return torch.as_tensor(batch[key]).to(device=device, non_blocking=non_blocking)
+
+
+def forward_train(network: torch.nn.Module, image: torch.Tensor, seg_target: torch.Tensor,
+                  cpu_bf16: bool = False) -> dict[str, torch.Tensor]:
+    """``network.forward_train(image, seg_target)``; with ``cpu_bf16`` on a CPU tensor, under bfloat16
+    autocast with the outputs returned in float32 (so that the loss is computed in float32)."""
+    if cpu_bf16 and image.device.type == "cpu":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = network.forward_train(image, seg_target)
+        return {key: value.float() for key, value in out.items()}
+    return network.forward_train(image, seg_target)
 
 
 class MattingTrainer(SupervisedTrainer):
@@ -63,6 +74,12 @@ class MattingTrainer(SupervisedTrainer):
             step time on CPUs with AVX-512 bf16 (docs/benchmarks.md). Ignored on CUDA, where
             ``amp`` is MONAI's float16 mixed precision.
         image_key, alpha_key, masks_key: batch keys.
+        train_step: optional module whose ``forward(image, seg_target, alpha)`` returns
+            ``(forward_train dict, loss dict)`` for ``network`` and ``loss_function``, used for the
+            forward pass instead of calling them one after the other: the
+            ``DistributedDataParallel``-wrapped ``scripts.workflows.distributed.MattingTrainStep`` of
+            ``configs/multi_gpu_train.yaml`` (gradients of the network and the learned loss weights
+            averaged over the ranks).
         kwargs: other ``SupervisedTrainer`` arguments (``train_handlers``, ``additional_metrics``,
             ``amp``, ``decollate``, ...).
 
@@ -89,6 +106,7 @@ class MattingTrainer(SupervisedTrainer):
         alpha_key: str = "alpha",
         masks_key: str = "masks",
         cpu_bf16: bool = False,
+        train_step: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         if pseudo_gt not in PSEUDO_GROUND_TRUTH_MODES:
@@ -111,6 +129,9 @@ class MattingTrainer(SupervisedTrainer):
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
         self.cpu_bf16 = bool(cpu_bf16)
+        self.train_step = train_step
+        if train_step is not None:  # the step module (inside DistributedDataParallel) runs the forward pass
+            getattr(train_step, "module", train_step).cpu_bf16 = self.cpu_bf16
 
     def _iteration(self, engine: MattingTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -126,18 +147,19 @@ class MattingTrainer(SupervisedTrainer):
 
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: alpha}
         engine.network.train()
+        if engine.train_step is not None:
+            engine.train_step.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         def _forward() -> dict:
-            if engine.cpu_bf16 and image.device.type == "cpu":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    out = engine.network.forward_train(image, seg_target)
-                out = {key: value.float() for key, value in out.items()}  # the loss in float32
+            if engine.train_step is not None:  # network + loss in one forward (DistributedDataParallel)
+                out, losses = engine.train_step(image, seg_target, alpha)
             else:
-                out = engine.network.forward_train(image, seg_target)
+                out = forward_train(engine.network, image, seg_target, engine.cpu_bf16)
             engine.state.output[Keys.PRED] = out["alpha"]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            losses = engine.loss_function(out, alpha, seg_target)
+            if engine.train_step is None:
+                losses = engine.loss_function(out, alpha, seg_target)
             engine.state.output[Keys.LOSS] = losses["loss"]
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             return losses
