@@ -18,13 +18,16 @@ from scripts.networks.implicit_upsampler import resize_rows
 from scripts.networks.matting_unet import MattingUNet
 from scripts.networks.prob_unet import ProbabilisticUNet, reparameterise
 from scripts.networks.test_time_flips import FLIP_SETS, flip_views, merge_views, unflip_view
-from scripts.networks.uncertainty import binary_entropy_uncertainty
+from scripts.networks.uncertainty import UNCERTAINTY_MAPS, uncertainty_map
 
 __all__ = ["MedicalMattingNet", "PREDICTION_KEYS", "CheckpointMismatchError", "prior_noise"]
 
 #: constructor arguments that change how the model predicts but not its weights: a checkpoint
 #: trained with other values loads, and the values of the network being loaded into are kept
 PREDICTION_KEYS = ("num_samples", "sample_seed", "test_time_flips", "channels_last")
+#: constructor arguments added after checkpoints were first shipped, with the value those
+#: checkpoints were trained with (a saved configuration without the key means this value)
+ADDED_KEYS: Dict[str, Any] = {"uncertainty": "entropy"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -80,6 +83,10 @@ class MedicalMattingNet(nn.Module):
         test_time_flips: flipped views averaged by :meth:`predict` (and so by ``forward`` in eval
             mode): ``"none"``, ``"h"`` (identity + horizontal) or ``"hv"`` (the four flips); see
             ``scripts/networks/test_time_flips.py``. Training (``forward_train``) never flips.
+        uncertainty: the uncertainty map computed from the prior samples, input of the Matting
+            U-Net and output of :meth:`predict` (``scripts/networks/uncertainty.py``):
+            ``"entropy"`` (the paper's binary entropy of the mean sample) or ``"sample_std"``
+            (how much the samples disagree).
         channels_last: store the convolution weights in ``torch.channels_last`` memory format so that
             the convolutions run in NHWC (about 25 % faster training steps on the project's CPU; see
             docs/networks.md). Results are the same up to float rounding.
@@ -113,10 +120,13 @@ class MedicalMattingNet(nn.Module):
         sample_seed: Optional[int] = None,
         test_time_flips: str = "none",
         channels_last: bool = True,
+        uncertainty: str = "entropy",
     ) -> None:
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if uncertainty not in UNCERTAINTY_MAPS:
+            raise ValueError(f"uncertainty must be one of {list(UNCERTAINTY_MAPS)}, got {uncertainty!r}")
         if test_time_flips not in FLIP_SETS:
             raise ValueError(f"test_time_flips must be one of {sorted(FLIP_SETS)}, got {test_time_flips!r}")
         # every constructor argument: saved in the state dict (``_extra_state``) so that a checkpoint
@@ -128,10 +138,11 @@ class MedicalMattingNet(nn.Module):
                 upsampling=upsampling, scales=scales, kernel_size=kernel_size, implicit_hidden=implicit_hidden,
                 area_weighting=area_weighting, convs_per_block=convs_per_block, latent_filters=latent_filters,
                 act=act, norm=norm, detach_latent=detach_latent, sample_seed=sample_seed,
-                test_time_flips=test_time_flips, channels_last=channels_last,
+                test_time_flips=test_time_flips, channels_last=channels_last, uncertainty=uncertainty,
             )
         )  # fmt: skip
         self.test_time_flips = test_time_flips
+        self.uncertainty = uncertainty
         self.in_channels = in_channels
         self.num_samples = num_samples
         self.detach_latent = detach_latent
@@ -178,7 +189,7 @@ class MedicalMattingNet(nn.Module):
         differ = [
             f"{key}={saved.get(key)!r} (this network: {self.config.get(key)!r})"
             for key in sorted(set(saved) | set(self.config))
-            if key not in PREDICTION_KEYS and _plain(saved.get(key)) != self.config.get(key)
+            if key not in PREDICTION_KEYS and _plain(saved.get(key, ADDED_KEYS.get(key))) != self.config.get(key)
         ]
         if differ:
             raise CheckpointMismatchError(
@@ -273,7 +284,7 @@ class MedicalMattingNet(nn.Module):
         for dims in views:
             view = image.flip(dims) if len(dims) > 0 else image
             outs.append(unflip_view(self._predict_view(view, output_size, num_samples), dims))
-        return merge_views(outs, image, output_size)
+        return merge_views(outs, image, output_size, self.uncertainty)
 
     def _predict_view(
         self,
@@ -293,7 +304,7 @@ class MedicalMattingNet(nn.Module):
             raise ValueError(f"num_samples must be >= 1, got {n}")
         features = self.prob_unet.features(image)
         sample_probs = self._prior_samples(image, features, n)
-        uncertainty = binary_entropy_uncertainty(sample_probs)
+        uncertainty = uncertainty_map(sample_probs, self.uncertainty)
         alpha = self.matting_unet(image, self._matting_latent(features), uncertainty, size)
         if alpha.shape[-2:] != uncertainty.shape[-2:]:
             uncertainty = F.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
@@ -345,7 +356,7 @@ class MedicalMattingNet(nn.Module):
                 view = image.flip(dims) if len(dims) > 0 else image
                 features = self.prob_unet.features(view)
                 sample_probs = self._prior_samples(view, features, n)
-                uncertainty = binary_entropy_uncertainty(sample_probs)
+                uncertainty = uncertainty_map(sample_probs, self.uncertainty)
                 decoded = self.matting_unet.decode_in_rows(
                     view, self._matting_latent(features), uncertainty, size, rows, out=buffer
                 )
@@ -358,7 +369,7 @@ class MedicalMattingNet(nn.Module):
             sample_probs = torch.cat(samples, dim=1)
             same_grid = size == [image.shape[-2], image.shape[-1]]
             if len(views) == 1 or same_grid:
-                uncertainty = binary_entropy_uncertainty(sample_probs)
+                uncertainty = uncertainty_map(sample_probs, self.uncertainty)
             else:  # as merge_views: the views' maps averaged (bilinear resizing is linear)
                 uncertainty = torch.stack(uncertainties).mean(0)
             full = image.new_empty([batch, 1] + size)
@@ -396,7 +407,7 @@ class MedicalMattingNet(nn.Module):
         seg_logits = prob.combine(features, posterior.rsample().unsqueeze(1))  # (B, 1, H, W)
         kl = prob.kl(posterior, prior)
         sample_probs = self._prior_samples(image, features, self.num_samples, prior.base_dist.loc, prior.base_dist.scale)
-        uncertainty = binary_entropy_uncertainty(sample_probs)
+        uncertainty = uncertainty_map(sample_probs, self.uncertainty)
         alpha = self.matting_unet(image, self._matting_latent(features), uncertainty)
         return {
             "alpha": alpha,

@@ -7,8 +7,8 @@ a proper ensemble of four views of the same image:
 
 - ``alpha``: the mean of the four un-flipped alpha mattes;
 - ``sample_probs``: the prior samples of all four views (B, 4N, H, W), un-flipped;
-- ``uncertainty``: the binary entropy of the mean of all those samples (same definition as the
-  model's, now over 4N samples).
+- ``uncertainty``: the model's uncertainty map (``scripts.networks.uncertainty``) of all those
+  samples, now over 4N samples.
 
 :func:`flip_views`, :func:`unflip_view` and :func:`merge_views` are TorchScript functions: the
 scripted / exported model (``torch.jit.script(MedicalMattingNet)``) applies the same flips.
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from scripts.networks.uncertainty import binary_entropy_uncertainty
+from scripts.networks.uncertainty import uncertainty_map
 
 __all__ = ["FLIP_SETS", "flip_views", "merge_views", "predict_with_flips", "unflip_view"]
 
@@ -51,16 +51,20 @@ def unflip_view(out: Dict[str, torch.Tensor], dims: List[int]) -> Dict[str, torc
 
 
 def merge_views(
-    views: List[Dict[str, torch.Tensor]], image: torch.Tensor, output_size: Optional[List[int]] = None
+    views: List[Dict[str, torch.Tensor]],
+    image: torch.Tensor,
+    output_size: Optional[List[int]] = None,
+    uncertainty_kind: str = "entropy",
 ) -> Dict[str, torch.Tensor]:
-    """Average un-flipped views (:func:`unflip_view`) of ``image`` into one prediction (the module doc)."""
+    """Average un-flipped views (:func:`unflip_view`) of ``image`` into one prediction (the module doc);
+    the uncertainty is the map ``uncertainty_kind`` (``scripts.networks.uncertainty``) of all samples."""
     sample_probs = torch.cat([v["sample_probs"] for v in views], dim=1)
     alpha = torch.stack([v["alpha"] for v in views]).mean(0)
     same_grid = output_size is None
     if output_size is not None:
         same_grid = [int(output_size[0]), int(output_size[1])] == [image.shape[-2], image.shape[-1]]
     if same_grid:
-        uncertainty = binary_entropy_uncertainty(sample_probs)
+        uncertainty = uncertainty_map(sample_probs, uncertainty_kind)
     else:  # samples live on the input grid: average the views' uncertainty maps at the output grid
         uncertainty = torch.stack([v["uncertainty"] for v in views]).mean(0)
     return {"alpha": alpha, "uncertainty": uncertainty, "sample_probs": sample_probs}
@@ -72,6 +76,7 @@ def predict_with_flips(
     flips: str = "hv",
     output_size: Optional[Sequence[int]] = None,
     num_samples: Optional[int] = None,
+    uncertainty_kind: str = "entropy",
 ) -> Dict[str, torch.Tensor]:
     """A single-view prediction averaged over flipped views of ``image``.
 
@@ -98,4 +103,4 @@ def predict_with_flips(
         unflip_view(predict_view(image.flip(dims) if dims else image, output_size, num_samples), dims)
         for dims in views
     ]
-    return merge_views(outs, image, None if output_size is None else list(output_size))
+    return merge_views(outs, image, None if output_size is None else list(output_size), uncertainty_kind)

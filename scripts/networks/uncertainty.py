@@ -1,8 +1,15 @@
-"""Uncertainty map of the Probabilistic U-Net samples (paper section 2.1).
+"""Uncertainty maps of the Probabilistic U-Net samples.
 
-``U(x) = -sum_c pbar_c(x) log pbar_c(x)`` over C = 2 classes (foreground / background), where
-``pbar`` is the mean of the N sample probabilities; divided by ``log 2`` it lies in [0, 1].
-Hand-written: a two-line formula that no library provides in this binary, normalised form.
+- ``"entropy"`` (paper section 2.1): ``U(x) = -sum_c pbar_c(x) log pbar_c(x)`` over C = 2 classes
+  (foreground / background), where ``pbar`` is the mean of the N sample probabilities; divided by
+  ``log 2`` it lies in [0, 1]. High wherever the mean probability is near 0.5, also where the samples
+  agree with each other on an uncertain 0.5.
+- ``"sample_std"``: twice the standard deviation of the N sample probabilities at each pixel (in
+  [0, 1]; 1 when half the samples say 0 and half say 1): high only where the samples *disagree*,
+  which is how the Prob. U-Net represents rater disagreement. On Brain-growth it follows the raters'
+  per-pixel variance far better than the entropy (docs/results/uncertainty.md).
+
+Hand-written: two-line formulas that no library provides in this normalised form.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ import math
 
 import torch
 
-__all__ = ["binary_entropy_uncertainty"]
+__all__ = ["UNCERTAINTY_MAPS", "binary_entropy_uncertainty", "sample_std_uncertainty", "uncertainty_map"]
+
+#: the uncertainty maps a network can be built with (``MedicalMattingNet(uncertainty=...)``)
+UNCERTAINTY_MAPS = ("entropy", "sample_std")
 
 
 def _tiny(dtype: torch.dtype) -> float:
@@ -49,3 +59,33 @@ def binary_entropy_uncertainty(sample_probs: torch.Tensor, dim: int = 1, keepdim
     p = sample_probs.mean(dim=dim, keepdim=keepdim).clamp(0.0, 1.0)
     entropy = -(_xlogx(p) + _xlogx(1.0 - p)) / math.log(2.0)
     return entropy.clamp(0.0, 1.0)
+
+
+def sample_std_uncertainty(sample_probs: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tensor:
+    """Twice the (population) standard deviation of N sample probabilities, in [0, 1].
+
+    Args:
+        sample_probs: foreground probabilities in [0, 1] of N samples, e.g. (B, N, H, W).
+        dim: the sample dimension.
+        keepdim: keep the reduced dimension with size 1.
+
+    Returns:
+        0 where all samples give the same probability (whatever it is), 1 where half the samples
+        say 0 and half say 1.
+
+    Example::
+
+        >>> sample_std_uncertainty(torch.tensor([[[[0.0]], [[1.0]]]])).item()
+        1.0
+    """
+    std = sample_probs.std(dim=dim, keepdim=keepdim, unbiased=False)
+    return (2.0 * std).clamp(0.0, 1.0)
+
+
+def uncertainty_map(sample_probs: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
+    """The uncertainty map ``kind`` (:data:`UNCERTAINTY_MAPS`) of samples (B, N, H, W) -> (B, 1, H, W)."""
+    if kind == "entropy":
+        return binary_entropy_uncertainty(sample_probs)
+    if kind == "sample_std":
+        return sample_std_uncertainty(sample_probs)
+    raise ValueError(f"uncertainty must be one of ['entropy', 'sample_std'], got '{kind}'")
