@@ -27,7 +27,7 @@ the dataset's sha256s, the metric code's digest) is not run again unless ``--for
 Example::
 
     python -m tools.baselines.classic_matting --dataset_dir data/brain-growth \
-        --methods cf knn lbdm ifm bayes --out docs/results/classic_baselines_brain_growth.json \
+        --methods bayes cf knn ifm lbdm --out docs/results/classic_baselines_brain_growth.json \
         --mattes_dir eval/classic_mattes
 """
 
@@ -79,18 +79,18 @@ def _defaults(module: str) -> dict:
     return dict(__import__(module, fromlist=["DEFAULTS"]).DEFAULTS)
 
 
-METHODS: dict[str, Method] = {
-    "cf": Method("closed-form (Levin et al. 2008)", "pymatting:estimate_alpha_cf", IMAGE_RULE_RGB),
-    "knn": Method("KNN (Chen et al. 2013)", "pymatting:estimate_alpha_knn", IMAGE_RULE_RGB),
-    "lbdm": Method("learning-based (Zheng & Kambhamettu 2009)", "pymatting:estimate_alpha_lbdm", IMAGE_RULE_RGB),
-    "lkm": Method("large-kernel (He et al. 2010)", "pymatting:estimate_alpha_lkm", IMAGE_RULE_RGB),
-    "rw": Method("random-walk (Grady et al. 2005)", "pymatting:estimate_alpha_rw", IMAGE_RULE_RGB),
-    "ifm": Method("information-flow (Aksoy et al. 2017)", "tools.baselines.information_flow:estimate_alpha_ifm",
-                  IMAGE_RULE_GREY, _defaults("tools.baselines.information_flow"),
-                  ("tools/baselines/information_flow.py", "tools/baselines/laplacian.py")),
+METHODS: dict[str, Method] = {  # in the order of the paper's Table 1, then the other pymatting methods
     "bayes": Method("Bayesian (Chuang et al. 2001)", "tools.baselines.bayesian:estimate_alpha_bayesian",
                     IMAGE_RULE_GREY, _defaults("tools.baselines.bayesian"),
                     ("tools/baselines/bayesian.py", "tools/baselines/laplacian.py")),
+    "cf": Method("closed-form (Levin et al. 2008)", "pymatting:estimate_alpha_cf", IMAGE_RULE_RGB),
+    "knn": Method("KNN (Chen et al. 2013)", "pymatting:estimate_alpha_knn", IMAGE_RULE_RGB),
+    "ifm": Method("information-flow (Aksoy et al. 2017)", "tools.baselines.information_flow:estimate_alpha_ifm",
+                  IMAGE_RULE_GREY, _defaults("tools.baselines.information_flow"),
+                  ("tools/baselines/information_flow.py", "tools/baselines/laplacian.py")),
+    "lbdm": Method("learning-based (Zheng & Kambhamettu 2009)", "pymatting:estimate_alpha_lbdm", IMAGE_RULE_RGB),
+    "lkm": Method("large-kernel (He et al. 2010)", "pymatting:estimate_alpha_lkm", IMAGE_RULE_RGB),
+    "rw": Method("random-walk (Grady et al. 2005)", "pymatting:estimate_alpha_rw", IMAGE_RULE_RGB),
 }
 
 
@@ -157,8 +157,8 @@ def _save_matte(path: Path, alpha: np.ndarray) -> None:
     atomic_write(path, lambda f: png.save(f, format="PNG"))
 
 
-def _score_method(method: str, dataset_dir: Path, items: list, mattes_dir: Path | None) -> dict:
-    from tools.provenance import cpu_model, git_commit, load_average
+def _score_method(method: str, dataset_dir: Path, items: list, mattes_dir: Path | None, commit: str) -> dict:
+    from tools.provenance import cpu_model, load_average
 
     metrics = {(n, r): MattingMetric(n, region=r) for n in METRIC_NAMES for r in ("unknown", "image")}
     cases, seconds = [], 0.0
@@ -179,7 +179,7 @@ def _score_method(method: str, dataset_dir: Path, items: list, mattes_dir: Path 
             row[f"{name}_{region}"] = float(metric(y_pred, y, mask=unknown).flatten()[0])
         cases.append(row)
     summary = {f"{n}_{r}": float(m.aggregate().item()) for (n, r), m in metrics.items()}
-    run = {"commit": git_commit(), "cpu": cpu_model(), "load_average_start": load_start,
+    run = {"commit": commit, "cpu": cpu_model(), "load_average_start": load_start,
            "load_average_end": load_average(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     return {"label": METHODS[method].label, "mean": summary, "cases": cases, "seconds": seconds, "run": run}
 
@@ -192,6 +192,9 @@ def evaluate_classic(dataset_dir: str | Path, methods: list[str], out: str | Pat
     (unless ``force``, or matte files are missing in ``mattes_dir``), and the file is rewritten
     after every method.
     """
+    from tools.provenance import git_commit
+
+    commit = git_commit()  # before this run rewrites ``out`` (a tracked file would make it "-dirty")
     dataset_dir = Path(dataset_dir)
     datalist = json.loads((dataset_dir / "datalist.json").read_text())
     items = datalist["training"]
@@ -207,8 +210,10 @@ def evaluate_classic(dataset_dir: str | Path, methods: list[str], out: str | Pat
         if not force and stored is not None and stored.get("settings") == settings and mattes_ok:
             print(f"{method:5s} unchanged settings, kept from {out} (--force to run again)")
             continue
-        entry = _score_method(method, dataset_dir, items, mattes)
+        entry = _score_method(method, dataset_dir, items, mattes, commit)
         results["methods"][method] = {"settings": settings, **entry}
+        order = list(METHODS) + sorted(set(results["methods"]) - set(METHODS))
+        results["methods"] = {m: results["methods"][m] for m in order if m in results["methods"]}
         summary = entry["mean"]
         print(f"{method:5s} " + " ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.endswith("unknown"))
               + f" seconds={entry['seconds']:.1f}", flush=True)
@@ -220,7 +225,7 @@ def evaluate_classic(dataset_dir: str | Path, methods: list[str], out: str | Pat
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_dir", required=True, help="prepared dataset (with datalist.json)")
-    parser.add_argument("--methods", nargs="+", default=["cf", "knn", "lbdm", "ifm", "bayes"], choices=sorted(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["bayes", "cf", "knn", "ifm", "lbdm"], choices=sorted(METHODS))
     parser.add_argument("--out", help="JSON file for the results (kept results with the same settings are reused)")
     parser.add_argument("--force", action="store_true", help="run every method again even when its settings are unchanged")
     parser.add_argument("--mattes_dir", help="also write every matte as <mattes_dir>/<method>/<case>.png "
