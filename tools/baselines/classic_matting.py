@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     evaluate_classic(args.dataset_dir, args.methods, out=args.out, force=args.force, mattes_dir=args.mattes_dir)
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"results in {args.out}")
 
 
 if __name__ == "__main__":
