@@ -66,3 +66,18 @@ def test_lever_comparison_interleaves(tmp_path, monkeypatch, tiny):
     assert row["wall"]["ratio_min"] <= row["wall"]["ratio_median"] <= row["wall"]["ratio_max"]
     assert result["levers"]["tiny:num_samples"]["b"]["threads"] == 1
     assert "| tiny:num_samples |" in levers.markdown_table(result)
+
+
+def test_inference_latency_times_the_default_inference_path(tmp_path):
+    from tools.benchmarks.inference_latency import main, markdown
+
+    out = tmp_path / "latency.json"
+    result = main(["--ckpt_path", "none", "--threads", "1", "--flips", "default", "none", "--rounds", "1",
+                   "--calls", "1", "--batch", "2", "--json", str(out)])
+    rows = {r["flips"]: r for r in result["rows"]}
+    assert set(rows) == {"hv", "none"} and rows["hv"]["default_flips"] and not rows["none"]["default_flips"]
+    assert all(r["latency_ms_median"] > 0 and r["throughput_ms_per_image_median"] > 0 and r["calls"] == 1
+               for r in result["rows"])
+    assert result["num_samples"] == 8 and result["network"]["test_time_flips"] == "hv"
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    assert "hv (default)" in markdown(result)

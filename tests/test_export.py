@@ -17,7 +17,7 @@ import torch
 from conftest import BUNDLE_ROOT, TINY_NET_ARGS
 from scripts.networks import MedicalMattingNet
 from scripts.networks.medical_matting_net import prior_noise
-from scripts.networks.uncertainty import binary_entropy_uncertainty
+from scripts.networks.uncertainty import uncertainty_map
 
 SIZES = [(1, 32, 32), (2, 24, 40), (1, 136, 144)]  # square, non-square and batched, larger than the training 128 x 128
 
@@ -49,7 +49,7 @@ def _seeded_generator_view(net, image, output_size, num_samples) -> Dict[str, to
     eps = torch.randn((mean.shape[0], num_samples, mean.shape[1]), generator=generator, dtype=mean.dtype)
     z = mean.unsqueeze(1) + std.unsqueeze(1) * eps
     sample_probs = torch.sigmoid(prob.fcomb(features, z))
-    uncertainty = binary_entropy_uncertainty(sample_probs)
+    uncertainty = uncertainty_map(sample_probs, net.uncertainty)
     alpha = net.matting_unet(image, features, uncertainty, output_size)
     if alpha.shape[-2:] != uncertainty.shape[-2:]:
         uncertainty = torch.nn.functional.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear",
@@ -68,7 +68,7 @@ def _seeded_generator_predict(net, image, output_size: Optional[Sequence[int]] =
         return outs[0]
     sample_probs = torch.cat([o["sample_probs"] for o in outs], dim=1)
     if output_size is None or tuple(output_size) == tuple(image.shape[-2:]):
-        uncertainty = binary_entropy_uncertainty(sample_probs)
+        uncertainty = uncertainty_map(sample_probs, net.uncertainty)
     else:
         uncertainty = torch.stack([o["uncertainty"] for o in outs]).mean(0)
     return {"alpha": torch.stack([o["alpha"] for o in outs]).mean(0), "uncertainty": uncertainty,

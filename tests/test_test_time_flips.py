@@ -5,7 +5,7 @@ import torch
 
 from scripts.networks import MedicalMattingNet
 from scripts.networks.test_time_flips import predict_with_flips
-from scripts.networks.uncertainty import binary_entropy_uncertainty
+from scripts.networks.uncertainty import binary_entropy_uncertainty, uncertainty_map
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_hv_is_the_mean_of_the_unflipped_views(make_net):
     expected = torch.stack([o["alpha"].flip(d) if d else o["alpha"] for d, o in views]).mean(0)
     assert torch.allclose(out["alpha"], expected, atol=1e-6)
     assert out["sample_probs"].shape == (2, 12, 16, 12)
-    assert torch.allclose(out["uncertainty"], binary_entropy_uncertainty(out["sample_probs"]))
+    assert torch.allclose(out["uncertainty"], uncertainty_map(out["sample_probs"], net.uncertainty))
     assert out["alpha"].min() >= 0 and out["alpha"].max() <= 1
 
 
