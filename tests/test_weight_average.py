@@ -65,3 +65,33 @@ def test_state_dict_resumes_the_average():
     resumed.update(engine)
     resumed.apply()
     assert net.weight.item() == pytest.approx(0.5 * (0.5 * 1.0 + 0.5 * 3.0) + 0.5 * 5.0)
+
+
+def test_checkpoints_from_before_the_average_resume_only_when_it_is_off(tmp_path):
+    from scripts.handlers.checkpoint import TrainingCheckpointHandler
+
+    net = torch.nn.Linear(1, 1, bias=False)
+
+    def trainer():
+        return Engine(lambda engine, batch: None)
+
+    old = TrainingCheckpointHandler(tmp_path, {"network": net}, final_filename=None)  # a 0.2.0-style run
+    engine = trainer()
+    old.attach(engine)
+    engine.run([0], max_epochs=1)
+    off = TrainingCheckpointHandler(tmp_path, {"network": net, "weight_average": WeightEMAHandler(net, 0.0)},
+                                    final_filename=None)
+    engine = trainer()
+    off.attach(engine)
+    engine.run([0], max_epochs=2)  # nothing to restore for the switched-off average: resumes
+    assert off.resumed_from is not None and engine.state.epoch == 2
+    on = TrainingCheckpointHandler(tmp_path / "b", {"network": net}, final_filename=None)
+    engine = trainer()
+    on.attach(engine)
+    engine.run([0], max_epochs=1)
+    with_average = TrainingCheckpointHandler(tmp_path / "b", {"network": net, "weight_average": WeightEMAHandler(net, 0.9)},
+                                             final_filename=None)
+    engine = trainer()
+    with_average.attach(engine)
+    with pytest.raises(ValueError, match="lacks \\['weight_average'\\]"):
+        engine.run([0], max_epochs=2)

@@ -195,7 +195,10 @@ class TrainingCheckpointHandler:
             reason = lines[0] if lines else f"{type(e).__name__} (empty or truncated file)"
             raise RuntimeError(f"cannot read the training checkpoint {path}: {reason}; delete it to start "
                                "again from the previous one (or from scratch)") from e
-        missing = [k for k in (*self.save_dict, "trainer") if k not in checkpoint]
+        # an object with nothing to restore (e.g. the weight average switched off) may be absent:
+        # checkpoints written before it existed still resume
+        missing = [k for k in (*self.save_dict, "trainer") if k not in checkpoint
+                   and (k == "trainer" or _state_of(self.save_dict[k]) != {})]
         if missing:
             raise ValueError(f"training checkpoint {path} lacks {missing}; delete it or use another ckpt_dir.")
         if self.fingerprint is not None:
@@ -211,6 +214,8 @@ class TrainingCheckpointHandler:
             for name, obj in self.save_dict.items():
                 kept[name] = {a: getattr(obj, a) for a in _SCHEDULE_LENGTH_ATTRS if hasattr(obj, a)}
         for name, obj in self.save_dict.items():
+            if name not in checkpoint:  # nothing to restore (see missing above)
+                continue
             obj.load_state_dict(checkpoint[name])
             for attr, value in kept.get(name, {}).items():
                 setattr(obj, attr, value)
