@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from tools.baselines.laplacian import as_channels, check_trimap
+from tools.baselines.laplacian import checked_inputs
 
 __all__ = ["DEFAULTS", "estimate_alpha_bayesian", "orchard_bouman", "solve_pairs"]
 
@@ -171,15 +171,8 @@ def estimate_alpha_bayesian(image: np.ndarray, trimap: np.ndarray, **params) -> 
     Returns:
         (H, W) float64 alpha in [0, 1]; known pixels keep their trimap value exactly.
     """
-    unknown_keys = set(params) - set(DEFAULTS)
-    if unknown_keys:
-        raise TypeError(f"unknown parameter(s) {sorted(unknown_keys)}; expected some of {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    img = as_channels(image)
+    p, img, t = checked_inputs(image, trimap, params, DEFAULTS)
     h, w, c = img.shape
-    t = check_trimap(trimap, (h, w))
-    if img.min() < -1e-6 or img.max() > 1 + 1e-6:
-        raise ValueError(f"image values must lie in [0, 1], got [{img.min():g}, {img.max():g}]")
     fg, bg = t == 1.0, t == 0.0
     unknown = ~(fg | bg)
     alpha = np.where(fg, 1.0, 0.0)

@@ -54,7 +54,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.spatial import cKDTree
 
-from tools.baselines.laplacian import as_channels, check_trimap, matting_laplacian
+from tools.baselines.laplacian import checked_inputs, matting_laplacian
 
 __all__ = ["DEFAULTS", "estimate_alpha_ifm", "lle_weights"]
 
@@ -113,15 +113,9 @@ def estimate_alpha_ifm(image: np.ndarray, trimap: np.ndarray, **params) -> np.nd
     Returns:
         (H, W) float64 alpha in [0, 1]; known pixels keep (up to the soft constraint) their trimap value.
     """
-    unknown_keys = set(params) - set(DEFAULTS)
-    if unknown_keys:
-        raise TypeError(f"unknown parameter(s) {sorted(unknown_keys)}; expected some of {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
-    img = as_channels(image)
+    p, img, t = checked_inputs(image, trimap, params, DEFAULTS)
     h, w, c = img.shape
-    t = check_trimap(trimap, (h, w)).ravel()
-    if img.min() < -1e-6 or img.max() > 1 + 1e-6:
-        raise ValueError(f"image values must lie in [0, 1], got [{img.min():g}, {img.max():g}]")
+    t = t.ravel()
     n = h * w
     fg, bg = t == 1.0, t == 0.0
     unknown = ~(fg | bg)

@@ -63,6 +63,23 @@ def check_trimap(trimap: np.ndarray, shape: tuple[int, int], need_both: bool = T
     return t
 
 
+def checked_inputs(image: np.ndarray, trimap: np.ndarray, params: dict, defaults: dict
+                   ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The common input checks of the hand-written solvers: ``(parameters, (H, W, C) image, (H, W) trimap)``.
+
+    ``params`` override ``defaults`` (an unknown name is a ``TypeError``); the image must lie in
+    [0, 1] and the trimap pass :func:`check_trimap` (``ValueError`` otherwise).
+    """
+    unknown_keys = set(params) - set(defaults)
+    if unknown_keys:
+        raise TypeError(f"unknown parameter(s) {sorted(unknown_keys)}; expected some of {sorted(defaults)}")
+    img = as_channels(image)
+    t = check_trimap(trimap, img.shape[:2])
+    if img.min() < -1e-6 or img.max() > 1 + 1e-6:
+        raise ValueError(f"image values must lie in [0, 1], got [{img.min():g}, {img.max():g}]")
+    return {**defaults, **params}, img, t
+
+
 def matting_laplacian(image: np.ndarray, epsilon: float = 1e-7, radius: int = 1) -> sp.csr_matrix:
     """The (H*W, H*W) matting Laplacian (Levin et al. 2008, Eq. 12) of a grey or colour image.
 
