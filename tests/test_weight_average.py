@@ -95,3 +95,11 @@ def test_checkpoints_from_before_the_average_resume_only_when_it_is_off(tmp_path
     with_average.attach(engine)
     with pytest.raises(ValueError, match="lacks \\['weight_average'\\]"):
         engine.run([0], max_epochs=2)
+
+
+def test_cpu_bf16_reads_command_line_spellings():
+    from scripts.workflows.engines import _switch
+
+    assert _switch("false", "cpu_bf16") is False and _switch("True", "cpu_bf16") is True and _switch(False, "x") is False
+    with pytest.raises(ValueError, match="cpu_bf16 must be true or false, got 'no'"):
+        _switch("no", "cpu_bf16")

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from scripts.workflows.engines import forward_train
 
-__all__ = ["MattingTrainStep", "init_distributed", "local_device", "rank", "is_main_process", "reporting_handler",
+__all__ = ["MattingTrainStep", "init_distributed", "finalize_distributed", "local_device", "rank", "is_main_process", "reporting_handler",
            "handlers_of_this_rank", "rank_values"]
 
 #: the environment variables torchrun sets for every worker
@@ -106,6 +106,21 @@ def init_distributed(backend: str | None = None) -> int:
             torch.cuda.set_device(local_device())
         dist.init_process_group(backend=backend)
     return dist.get_rank()
+
+
+def finalize_distributed() -> None:
+    """Leave the process group (if any) so that a later workflow in the same process runs single-process.
+
+    Ignite adopts an initialised process group as its distributed context the first time MONAI asks it
+    for the world size (metrics, handlers); ``idist.finalize()`` destroys the group through ignite and
+    puts ignite back to its serial context, where a bare ``destroy_process_group`` would leave ignite
+    asking a destroyed group for its size.
+    """
+    import ignite.distributed as idist
+
+    idist.finalize()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:

@@ -38,6 +38,16 @@ def _to(batch: dict, key: str, device: torch.device, non_blocking: bool) -> torc
     return torch.as_tensor(batch[key]).to(device=device, non_blocking=non_blocking)
 
 
+def _switch(value: Any, name: str) -> bool:
+    """A boolean setting; the strings ``"true"`` / ``"false"`` (any case) of a command line are read as such
+    (``bool("false")`` would be ``True``), anything else that is not a bool is an error naming the setting."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def forward_train(network: torch.nn.Module, image: torch.Tensor, seg_target: torch.Tensor,
                   cpu_bf16: bool = False) -> dict[str, torch.Tensor]:
     """``network.forward_train(image, seg_target)``; with ``cpu_bf16`` on a CPU tensor, under bfloat16
@@ -128,7 +138,7 @@ class MattingTrainer(SupervisedTrainer):
         self.threshold_range = (float(threshold_range[0]), float(threshold_range[1]))
         self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
-        self.cpu_bf16 = bool(cpu_bf16)
+        self.cpu_bf16 = _switch(cpu_bf16, "cpu_bf16")
         self.train_step = train_step
         if train_step is not None:  # the step module (inside DistributedDataParallel) runs the forward pass
             getattr(train_step, "module", train_step).cpu_bf16 = self.cpu_bf16
