@@ -54,6 +54,7 @@ def test_goal_check_and_seed_summary(tmp_path):
         run.update(command="python -m tools.reproduce", config_files=["configs/train.yaml"], commit="abc",
                    machine={"cpu": "cpu", "logical_cpus": 2, "platform": "linux"}, versions={"torch": "x"},
                    num_cases={"0": 10}, fold_seconds={"0": 1.0}, figures=[])
+    results["seed_summaries"] = {"ours": summary}
     write_markdown(results, tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
     assert "over training seeds [0, 1]" in text and "0.3100 +/- 0.0100" in text

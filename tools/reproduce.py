@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
+from scripts.handlers.metric_tables import summarize_values
 from scripts.metric_names import METRIC_NAMES
 from tools.crossval import DEFAULT_CONFIG_FILES, run_crossval
 from tools.provenance import git_commit, library_versions, load_average, machine_info
@@ -79,13 +80,12 @@ def seed_summary(results: dict[str, Any], recipe: str) -> dict[str, Any] | None:
     runs = {k: r for k, r in results.get("recipes", {}).items() if r.get("recipe", k) == recipe}
     if len(runs) < 2:
         return None
-    summary: dict[str, Any] = {"runs": sorted(runs), "seeds": sorted(r.get("train_seed", 0) for r in runs.values())}
+    summary: dict[str, Any] = {"runs": sorted(runs), "seeds": sorted(r.get("train_seed", 0) for r in runs.values()),
+                               "mean": {}, "std": {}}
     for c in COLUMNS:
-        values = [r["mean"][c] for r in runs.values() if r["mean"].get(c) is not None]
-        if values:
-            mu = sum(values) / len(values)
-            summary.setdefault("mean", {})[c] = mu
-            summary.setdefault("std", {})[c] = (sum((v - mu) ** 2 for v in values) / len(values)) ** 0.5
+        stats = summarize_values(r["mean"].get(c) for r in runs.values())  # population std, as over folds
+        if stats["n"]:
+            summary["mean"][c], summary["std"][c] = stats["mean"], stats["std"]
     summary["total_seconds"] = [r["total_seconds"] for r in runs.values()]
     return summary
 
@@ -138,7 +138,8 @@ def _fmt(value: float | None, std: float | None = None) -> str:
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
-    """The human-readable report: our rows per recipe, then the paper's published rows."""
+    """The human-readable report: our rows per recipe, the paper's published rows, then each recipe's
+    summary over training seeds (``results["seed_summaries"]``, see :func:`seed_summary`)."""
     lines = [
         "# Brain-growth: 4-fold cross-validation",
         "",
@@ -163,11 +164,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines.append("")
     lines.append("The two published rows are the paper's Table 1 numbers, copied as targets; they were not")
     lines.append("measured here. Lower is better for every column except Dice and unc. corr.")
-    recipes = sorted({run.get("recipe", name) for name, run in results["recipes"].items()})
-    for recipe in recipes:
-        summary = seed_summary(results, recipe)
-        if summary is None:
-            continue
+    for recipe, summary in sorted(results.get("seed_summaries", {}).items()):
         lines += ["", f"## Recipe `{recipe}` over training seeds {summary['seeds']}", "",
                   "Mean +/- standard deviation over the seeds of each run's mean over folds (runs: "
                   + ", ".join(f"`{r}`" for r in summary["runs"]) + "; wall times "

@@ -8,8 +8,9 @@ marking the pixel), by the Pearson correlation inside the structure
 (:func:`scripts.metrics.compute_uncertainty_rater_correlation`):
 
 - ``entropy``: the model's map, the binary entropy of the mean sample probability (paper, section 2.2);
-- ``sample_std``: the standard deviation of the sample probabilities across the prior samples and
-  flipped views (how much the samples disagree);
+- ``sample_std``: the network option of that name (``sample_std_uncertainty``: twice the standard
+  deviation of the sample probabilities across the prior samples and flipped views, how much the
+  samples disagree);
 - ``hard_entropy``: the binary entropy of the mean of the samples thresholded at 0.5;
 - ``alpha_variance``: ``alpha (1 - alpha)`` of the predicted matte.
 
@@ -37,7 +38,7 @@ import torch
 from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
 from scripts.metrics import compute_uncertainty_rater_correlation
-from scripts.networks.uncertainty import binary_entropy_uncertainty
+from scripts.networks.uncertainty import binary_entropy_uncertainty, sample_std_uncertainty
 from scripts.workflows.inference import load_trained_network
 from tools.provenance import git_commit, load_average
 
@@ -52,7 +53,7 @@ def candidate_maps(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     alpha = out["alpha"].float()
     return {
         "entropy": out["uncertainty"].float(),
-        "sample_std": probs.std(dim=1, keepdim=True),
+        "sample_std": sample_std_uncertainty(probs),
         "hard_entropy": binary_entropy_uncertainty((probs >= 0.5).float()),
         "alpha_variance": alpha * (1.0 - alpha),
     }

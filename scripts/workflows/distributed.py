@@ -46,8 +46,8 @@ TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 class MattingTrainStep(torch.nn.Module):
     """One training pass as a module: ``network.forward_train`` followed by the loss.
 
-    ``forward(image, seg_target, alpha)`` returns ``(out, losses)``: the ``forward_train`` dict and the
-    loss dict (``losses["loss"]`` to back-propagate). Its parameters are the network's and the
+    ``forward(image, seg_target, alpha, cpu_bf16=False)`` returns ``(out, losses)``: the
+    ``forward_train`` dict (:func:`scripts.workflows.engines.forward_train`) and the loss dict (``losses["loss"]`` to back-propagate). Its parameters are the network's and the
     loss's, so ``DistributedDataParallel(MattingTrainStep(net, loss))`` averages the gradients of
     both (module docstring).
 
@@ -64,12 +64,11 @@ class MattingTrainStep(torch.nn.Module):
             raise TypeError(f"MattingTrainStep needs a network with forward_train(), got {type(network).__name__}.")
         self.network = network
         self.loss_function = loss_function
-        self.cpu_bf16 = False  # set by MattingTrainer(cpu_bf16=...): bfloat16 autocast of the forward pass on CPU
 
     def forward(
-        self, image: torch.Tensor, seg_target: torch.Tensor, alpha: torch.Tensor
+        self, image: torch.Tensor, seg_target: torch.Tensor, alpha: torch.Tensor, cpu_bf16: bool = False
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        out = forward_train(self.network, image, seg_target, self.cpu_bf16)
+        out = forward_train(self.network, image, seg_target, cpu_bf16)
         return out, self.loss_function(out, alpha, seg_target)
 
 

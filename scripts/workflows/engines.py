@@ -84,7 +84,7 @@ class MattingTrainer(SupervisedTrainer):
             step time on CPUs with AVX-512 bf16 (docs/benchmarks.md). Ignored on CUDA, where
             ``amp`` is MONAI's float16 mixed precision.
         image_key, alpha_key, masks_key: batch keys.
-        train_step: optional module whose ``forward(image, seg_target, alpha)`` returns
+        train_step: optional module whose ``forward(image, seg_target, alpha, cpu_bf16)`` returns
             ``(forward_train dict, loss dict)`` for ``network`` and ``loss_function``, used for the
             forward pass instead of calling them one after the other: the
             ``DistributedDataParallel``-wrapped ``scripts.workflows.distributed.MattingTrainStep`` of
@@ -140,8 +140,6 @@ class MattingTrainer(SupervisedTrainer):
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
         self.cpu_bf16 = _switch(cpu_bf16, "cpu_bf16")
         self.train_step = train_step
-        if train_step is not None:  # the step module (inside DistributedDataParallel) runs the forward pass
-            getattr(train_step, "module", train_step).cpu_bf16 = self.cpu_bf16
 
     def _iteration(self, engine: MattingTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -163,7 +161,7 @@ class MattingTrainer(SupervisedTrainer):
 
         def _forward() -> dict:
             if engine.train_step is not None:  # network + loss in one forward (DistributedDataParallel)
-                out, losses = engine.train_step(image, seg_target, alpha)
+                out, losses = engine.train_step(image, seg_target, alpha, engine.cpu_bf16)
             else:
                 out = forward_train(engine.network, image, seg_target, engine.cpu_bf16)
             engine.state.output[Keys.PRED] = out["alpha"]

@@ -136,7 +136,7 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
         "batch_size": int(get("batch_size")),
         "learning_rate": float(get("learning_rate")),
         "pseudo_gt": str(get("pseudo_gt")),
-        "cpu_bf16": bool(get("cpu_bf16")),
+        "cpu_bf16": get("cpu_bf16"),  # MattingTrainer reads it (true / false, also as strings)
         "in_channels": int(get("in_channels")),
         "num_samples": int(network.num_samples),
         "network_args": network_args,
