@@ -80,7 +80,7 @@ class MattingTrainer(SupervisedTrainer):
         seed: seed of the generator drawing the pseudo ground truth (``None``: global RNG).
         cpu_bf16: on a CPU device, run the network's forward pass under ``torch.autocast("cpu",
             dtype=torch.bfloat16)`` (convolutions and linear layers in bfloat16; the loss and the
-            optimiser step stay in float32, no loss scaling is needed for bfloat16). About 0.65x the
+            optimiser step stay in float32, no loss scaling is needed for bfloat16). About 0.68x the
             step time on CPUs with AVX-512 bf16 (docs/benchmarks.md). Ignored on CUDA, where
             ``amp`` is MONAI's float16 mixed precision.
         image_key, alpha_key, masks_key: batch keys.
