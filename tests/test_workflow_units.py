@@ -209,6 +209,32 @@ def test_trainer_draws_pseudo_ground_truth_and_averages_losses():
                        loss_function=MedicalMattingLoss(), pseudo_gt="bogus")
 
 
+def test_trainer_conditions_the_posterior_on_alpha_when_asked():
+    """posterior_target="alpha": the network's posterior sees the true matte, the loss still gets a rater's mask."""
+    from scripts.losses import MedicalMattingLoss
+
+    seen_by_loss = []
+
+    class RecordingLoss(MedicalMattingLoss):
+        def forward(self, out, alpha_gt, seg_target):
+            seen_by_loss.append(seg_target.detach().clone())
+            return super().forward(out, alpha_gt, seg_target)
+
+    data = _batches()
+    net, loss = _TinyMattingNet(), RecordingLoss()
+    opt = torch.optim.Adam(list(net.parameters()) + list(loss.parameters()), lr=1e-2)
+    MattingTrainer(device="cpu", max_epochs=1, train_data_loader=data, network=net, optimizer=opt,
+                   loss_function=loss, pseudo_gt="rater", seed=0, posterior_target="alpha").run()
+    assert len(net.seen_targets) == len(seen_by_loss) == len(data)
+    for batch, posterior_input, ce_target in zip(data, net.seen_targets, seen_by_loss):
+        assert torch.equal(posterior_input, batch["alpha"])
+        for j in range(ce_target.shape[0]):
+            assert any(torch.equal(ce_target[j, 0], batch["masks"][j, r]) for r in range(batch["masks"].shape[1]))
+    with pytest.raises(ValueError, match="posterior_target"):
+        MattingTrainer(device="cpu", max_epochs=1, train_data_loader=data, network=net, optimizer=opt,
+                       loss_function=loss, posterior_target="trimap")
+
+
 def test_evaluator_output_feeds_the_metric_handlers():
     from monai.handlers import IgniteMetricHandler, from_engine
 

@@ -39,10 +39,14 @@ from scripts.metric_names import METRIC_NAMES
 from tools.crossval import DEFAULT_CONFIG_FILES, run_crossval
 from tools.provenance import git_commit, library_versions, load_average, machine_info
 
-#: recipe name -> the override file merged after train.yaml and evaluate.yaml (None: the bundle defaults)
-RECIPES: dict[str, str | None] = {
-    "ours": None,
-    "paper": "configs/recipes/brain_growth_paper.yaml",
+#: recipe name -> the override files merged, in order, after train.yaml and evaluate.yaml (none: the bundle defaults)
+RECIPES: dict[str, tuple[str, ...]] = {
+    "ours": (),
+    "paper": ("configs/recipes/brain_growth_paper.yaml",),
+    # issue 12: the paper's recipe with batch normalisation (as its authors most likely ran it)
+    "paper_bn": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_paper_bn.yaml"),
+    # issue 12: the Medical Matting code base's Brain-growth configuration on the paper's network
+    "paper_mm_code": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_medical_matting_code.yaml"),
 }
 SHARED_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "brain-growth"
 # The paper's Table 1, Brain-growth column, as published (Xu et al., MICCAI 2024): targets, not results.
@@ -98,10 +102,10 @@ def recipe_config_files(recipe: str) -> list[str]:
     """The bundle config files of a recipe, relative to the bundle root, in merge order."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}.")
-    override = RECIPES[recipe]
-    if override is not None and not (BUNDLE_ROOT / override).is_file():
-        raise FileNotFoundError(f"recipe {recipe!r}: {override} not found in {BUNDLE_ROOT}.")
-    return [*DEFAULT_CONFIG_FILES, *([override] if override else [])]
+    for override in RECIPES[recipe]:
+        if not (BUNDLE_ROOT / override).is_file():
+            raise FileNotFoundError(f"recipe {recipe!r}: {override} not found in {BUNDLE_ROOT}.")
+    return [*DEFAULT_CONFIG_FILES, *RECIPES[recipe]]
 
 
 def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None, seed: int) -> Path:
@@ -196,11 +200,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, command: str,
-               start: float, extra_overrides: Sequence[str] = (), jobs: int = 2, train_seed: int = 0) -> dict[str, Any]:
-    """Cross-validate one recipe and return its report entry (commit taken before the folds run)."""
+               start: float, extra_overrides: Sequence[str] = (), jobs: int = 2, train_seed: int = 0,
+               name: str | None = None, copy_figures: bool = True) -> dict[str, Any]:
+    """Cross-validate one recipe and return its report entry (commit taken before the folds run).
+
+    ``name`` (default :func:`run_name`) is the run's folder in ``work_dir``; ``copy_figures=False``
+    leaves the fold figures in that folder instead of copying them next to the report."""
     commit = git_commit()
     load_before = load_average()
-    name = run_name(recipe, train_seed)
+    name = name or run_name(recipe, train_seed)
     cv_dir = work_dir / name
     if train_seed != 0:
         extra_overrides = [*extra_overrides, "--seed", str(train_seed)]
@@ -225,13 +233,15 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
         "machine": machine_info(),
         "versions": library_versions(),
         "total_seconds": round(time.time() - start, 1),
+        # folds finished by an earlier invocation (skipped now) make total_seconds short of the run's cost
+        "resumed": any(str(s.get("status", "")).startswith("done (skipped") for s in result["status"].values()),
         "fold_seconds": {k: s.get("seconds") for k, s in result["status"].items()},
         "folds": agg["folds"],
         "num_cases": agg["num_cases"],
         "mean": agg["mean"],
         "std": agg["std"],
         "pooled_mean": agg["pooled_mean"],
-        "figures": fold_figures(cv_dir, name, results_dir),
+        "figures": fold_figures(cv_dir, name, results_dir) if copy_figures else [],
         "cv_dir": str(cv_dir),
     }
 
@@ -239,7 +249,8 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="ours",
-                        help="ours: the bundle defaults; paper: + configs/recipes/brain_growth_paper.yaml")
+                        help="ours: the bundle defaults; paper: + configs/recipes/brain_growth_paper.yaml; "
+                             "paper_bn, paper_mm_code: + the files of RECIPES (issue 12)")
     parser.add_argument("--source", default=None, help="brain_growth_alpha.zip (path or URL); default ../shared, else the published URL")
     parser.add_argument("--trimaps", default=None, help="trimap_brain.zip (path or URL); default as --source")
     parser.add_argument("--data_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))

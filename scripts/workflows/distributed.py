@@ -46,7 +46,7 @@ TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 class MattingTrainStep(torch.nn.Module):
     """One training pass as a module: ``network.forward_train`` followed by the loss.
 
-    ``forward(image, seg_target, alpha, cpu_bf16=False)`` returns ``(out, losses)``: the
+    ``forward(image, seg_target, alpha, cpu_bf16=False, posterior_input=None)`` returns ``(out, losses)``: the
     ``forward_train`` dict (:func:`scripts.workflows.engines.forward_train`) and the loss dict (``losses["loss"]`` to back-propagate). Its parameters are the network's and the
     loss's, so ``DistributedDataParallel(MattingTrainStep(net, loss))`` averages the gradients of
     both (module docstring).
@@ -66,9 +66,11 @@ class MattingTrainStep(torch.nn.Module):
         self.loss_function = loss_function
 
     def forward(
-        self, image: torch.Tensor, seg_target: torch.Tensor, alpha: torch.Tensor, cpu_bf16: bool = False
+        self, image: torch.Tensor, seg_target: torch.Tensor, alpha: torch.Tensor, cpu_bf16: bool = False,
+        posterior_input: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        out = forward_train(self.network, image, seg_target, cpu_bf16)
+        # the posterior is conditioned on posterior_input (default: seg_target, the cross-entropy target)
+        out = forward_train(self.network, image, seg_target if posterior_input is None else posterior_input, cpu_bf16)
         return out, self.loss_function(out, alpha, seg_target)
 
 

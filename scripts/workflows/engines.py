@@ -26,10 +26,12 @@ from scripts.data.transforms import TRIMAP_UNKNOWN
 from scripts.losses import PSEUDO_GROUND_TRUTH_MODES, pseudo_ground_truth
 from scripts.workflows.inference import MattingInferer, run_matting_inferer
 
-__all__ = ["LOSS_NAMES", "forward_train", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
+__all__ = ["LOSS_NAMES", "POSTERIOR_TARGETS", "forward_train", "MattingTrainer", "MattingEvaluator", "loss_averages", "output_scalar"]
 
 #: the scalar losses of ``MedicalMattingLoss`` kept in the trainer output (and averaged per epoch)
 LOSS_NAMES = ("loss", "ce", "kl", "l1", "grad", "seg", "mat", "w_seg", "w_mat")
+#: what the posterior net may be conditioned on (MattingTrainer posterior_target)
+POSTERIOR_TARGETS = ("mask", "alpha")
 
 
 def _to(batch: dict, key: str, device: torch.device, non_blocking: bool) -> torch.Tensor:
@@ -84,8 +86,12 @@ class MattingTrainer(SupervisedTrainer):
             step time on CPUs with AVX-512 bf16 (docs/benchmarks.md). Ignored on CUDA, where
             ``amp`` is MONAI's float16 mixed precision.
         image_key, alpha_key, masks_key: batch keys.
+        posterior_target: what the posterior net q(z|x, y) is given as ``y``: ``"mask"`` (default,
+            Kohl et al.: the pseudo ground-truth mask, also the cross-entropy target) or ``"alpha"``
+            (the true alpha matte, as in the Medical Matting code base's Brain-growth configuration;
+            the cross-entropy target stays the pseudo ground truth).
         train_step: optional module whose ``forward(image, seg_target, alpha, cpu_bf16)`` returns
-            ``(forward_train dict, loss dict)`` for ``network`` and ``loss_function``, used for the
+            ``(forward_train dict, loss dict)`` (optional 5th argument: the posterior's input) for ``network`` and ``loss_function``, used for the
             forward pass instead of calling them one after the other: the
             ``DistributedDataParallel``-wrapped ``scripts.workflows.distributed.MattingTrainStep`` of
             ``configs/multi_gpu_train.yaml`` (gradients of the network and the learned loss weights
@@ -117,10 +123,13 @@ class MattingTrainer(SupervisedTrainer):
         masks_key: str = "masks",
         cpu_bf16: bool = False,
         train_step: torch.nn.Module | None = None,
+        posterior_target: str = "mask",
         **kwargs: Any,
     ) -> None:
         if pseudo_gt not in PSEUDO_GROUND_TRUTH_MODES:
             raise ValueError(f"pseudo_gt must be one of {PSEUDO_GROUND_TRUTH_MODES}, got {pseudo_gt!r}.")
+        if posterior_target not in POSTERIOR_TARGETS:
+            raise ValueError(f"posterior_target must be one of {POSTERIOR_TARGETS}, got {posterior_target!r}.")
         if not hasattr(network, "forward_train"):
             raise TypeError(f"MattingTrainer needs a network with forward_train(), got {type(network).__name__}.")
         if kwargs.get("accumulation_steps", 1) != 1:
@@ -140,6 +149,7 @@ class MattingTrainer(SupervisedTrainer):
         self.image_key, self.alpha_key, self.masks_key = image_key, alpha_key, masks_key
         self.cpu_bf16 = _switch(cpu_bf16, "cpu_bf16")
         self.train_step = train_step
+        self.posterior_target = posterior_target
 
     def _iteration(self, engine: MattingTrainer, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -152,6 +162,8 @@ class MattingTrainer(SupervisedTrainer):
         seg_target = pseudo_ground_truth(
             engine.pseudo_gt, masks=masks, alpha=alpha, generator=engine.generator, low=low, high=high
         ).to(image.dtype)
+        # what the posterior net is conditioned on; the cross-entropy target stays seg_target
+        posterior_input = alpha.to(image.dtype) if engine.posterior_target == "alpha" else seg_target
 
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: alpha}
         engine.network.train()
@@ -161,9 +173,9 @@ class MattingTrainer(SupervisedTrainer):
 
         def _forward() -> dict:
             if engine.train_step is not None:  # network + loss in one forward (DistributedDataParallel)
-                out, losses = engine.train_step(image, seg_target, alpha, engine.cpu_bf16)
+                out, losses = engine.train_step(image, seg_target, alpha, engine.cpu_bf16, posterior_input)
             else:
-                out = forward_train(engine.network, image, seg_target, engine.cpu_bf16)
+                out = forward_train(engine.network, image, posterior_input, engine.cpu_bf16)
             engine.state.output[Keys.PRED] = out["alpha"]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             if engine.train_step is None:
