@@ -163,7 +163,7 @@ def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_
             _wait(procs.pop(0), exp, out)
     for p in procs:
         _wait(p, exp, out)
-    return aggregate_crossval(data_dir, out, command=_command(exp))
+    return aggregate_crossval(data_dir, out, command=_command(exp))["aggregate"]
 
 
 def _wait(proc: tuple, exp: Experiment, out: Path) -> None:
