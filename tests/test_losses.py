@@ -67,6 +67,24 @@ def test_l1_hand_example_and_grad_masked_by_uncertainty():
     assert MedicalMattingLoss(grad_threshold=0.1)(out, gt, torch.zeros(1, 1, 2, 2))["grad"].item() > 0
 
 
+def test_l1_weighted_near_the_transition_hand_example():
+    from scripts.losses.matting_loss import transition_region
+
+    gt = torch.zeros(1, 1, 1, 8)
+    gt[..., 0] = 0.5                      # one soft pixel: the transition is columns 0-2 (radius 2)
+    assert transition_region(gt).flatten().tolist() == [True] * 3 + [False] * 5
+    out = model_output(b=1, size=1)
+    out = {k: (v[..., :1, :1].expand(1, 1, 1, 8) if v.ndim == 4 else v) for k, v in out.items()}
+    out["alpha"] = torch.zeros(1, 1, 1, 8)
+    out["alpha"][..., 7] = 1.0            # error 1 outside the transition, 0.5 at the soft pixel
+    plain = MedicalMattingLoss()(out, gt, torch.zeros(1, 1, 1, 8))["l1"].item()
+    weighted = MedicalMattingLoss(l1_transition_weight=3.0)(out, gt, torch.zeros(1, 1, 1, 8))["l1"].item()
+    assert plain == pytest.approx(1.5 / 8)
+    assert weighted == pytest.approx((4 * 0.5 + 1.0) / (3 * 4 + 5))  # weights 4 inside, 1 outside
+    with pytest.raises(ValueError, match="l1_transition_weight"):
+        MedicalMattingLoss(l1_transition_weight=-1.0)
+
+
 def hand_bce(logits, target):
     p = torch.sigmoid(logits.double())
     return -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean().item()

@@ -112,8 +112,6 @@ class Experiment:
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("no_flips", "recipe", "no test-time flips (evaluation of the default models)",
                overrides=("--test_time_flips", "none"), evaluate_models_of="ours"),
-    Experiment("paper_bn", "paper_recipe", "paper recipe + batch normalisation", recipe="paper_bn",
-               note="configs/recipes/brain_growth_paper_bn.yaml"),
     Experiment("upsampling_bilinear", "table2", "bilinear, 3 scales", overrides=("--upsampling", "bilinear")),
     Experiment("upsampling_local_ensemble", "table2", "local ensemble (LIIF), 3 scales, 2x2",
                overrides=("--upsampling", "local_ensemble")),
@@ -127,6 +125,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                overrides=("--prob_filters", "[32,64,128,192]")),
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
                overrides=("--cpu_bf16", "False", "--epochs", "100")),
+    Experiment("paper_bn", "paper_recipe", "paper recipe + batch normalisation", recipe="paper_bn",
+               note="configs/recipes/brain_growth_paper_bn.yaml"),
     Experiment("paper_mm_code", "paper_recipe", "Medical Matting code configuration", recipe="paper_mm_code",
                note="configs/recipes/brain_growth_medical_matting_code.yaml"),
 )
@@ -136,17 +136,21 @@ def _command(exp: Experiment) -> str:
     return f"python -m tools.paper_experiments --only {exp.name}"
 
 
-def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_root: Path, jobs: int) -> dict[str, Any]:
-    """Evaluate the default recipe's fold models with ``exp.overrides`` (one process per fold) and aggregate."""
+def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_root: Path,
+                        jobs: int) -> tuple[dict[str, Any], bool]:
+    """Evaluate the default recipe's fold models with ``exp.overrides`` (one process per fold) and aggregate.
+
+    Returns the aggregate and whether any fold had been evaluated before (a resumed run)."""
     out = work_dir / exp.name
     datalist = json.loads((data_dir / "datalist.json").read_text())
     folds = list(range(int(datalist["num_folds"])))
     env_threads = {"OMP_NUM_THREADS": "1"} if jobs > 1 else {}
-    procs = []
+    procs, resumed = [], False
     for k in folds:
         fold_dir = out / f"fold{k}"
         model = models_root / exp.evaluate_models_of / f"fold{k}" / "models"
         if (fold_dir / "metrics.json").is_file():
+            resumed = True
             continue
         if not (model / "model.pt").is_file():
             raise FileNotFoundError(f"{exp.name}: {model / 'model.pt'} not found; run python -m tools.reproduce first "
@@ -163,7 +167,7 @@ def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_
             _wait(procs.pop(0), exp, out)
     for p in procs:
         _wait(p, exp, out)
-    return aggregate_crossval(data_dir, out, command=_command(exp))["aggregate"]
+    return aggregate_crossval(data_dir, out, command=_command(exp))["aggregate"], resumed
 
 
 def _wait(proc: tuple, exp: Experiment, out: Path) -> None:
@@ -179,12 +183,12 @@ def run_experiment(exp: Experiment, data_dir: Path, work_dir: Path, models_root:
     start = time.time()
     if exp.evaluate_models_of is not None:
         commit, load_before = git_commit(), load_average()
-        agg = run_evaluation_only(exp, data_dir, work_dir, models_root, jobs)
+        agg, resumed = run_evaluation_only(exp, data_dir, work_dir, models_root, jobs)
         return {"experiment": exp.name, "recipe": exp.recipe, "overrides": list(exp.overrides),
                 "evaluated_models": str(models_root / exp.evaluate_models_of), "command": _command(exp),
                 "commit": commit, "machine": machine_info(), "versions": library_versions(),
                 "load_average_before": load_before, "load_average_after": load_average(),
-                "total_seconds": round(time.time() - start, 1), "folds": agg["folds"], "mean": agg["mean"],
+                "total_seconds": round(time.time() - start, 1), "resumed": resumed, "folds": agg["folds"], "mean": agg["mean"],
                 "std": agg["std"], "num_cases": agg["num_cases"]}
     entry = run_recipe(exp.recipe, data_dir, work_dir, BUNDLE_ROOT / "docs" / "results", _command(exp), start,
                        list(exp.overrides), jobs, name=exp.name, copy_figures=False)

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers import separable_filtering
 
-__all__ = ["WEIGHTINGS", "sobel_gradients", "masked_gradient_loss", "MedicalMattingLoss"]
+__all__ = ["WEIGHTINGS", "sobel_gradients", "masked_gradient_loss", "transition_region", "MedicalMattingLoss"]
 
 WEIGHTINGS = ("uncertainty", "fixed")
 
@@ -73,11 +73,29 @@ def masked_gradient_loss(
     return (err * weight).sum() / (2.0 * weight.sum().clamp_min(1.0))
 
 
+def transition_region(alpha: torch.Tensor, radius: int = 2) -> torch.Tensor:
+    """Pixels (B, 1, H, W, bool) within ``radius`` pixels (square neighbourhood) of a true alpha strictly
+    between 0 and 1: where the raters disagree, the training counterpart of a trimap's unknown region.
+
+    Example::
+
+        >>> a = torch.zeros(1, 1, 8, 8); a[..., 4, 4] = 0.5
+        >>> int(transition_region(a, radius=1).sum())
+        9
+    """
+    soft = ((alpha > 0) & (alpha < 1)).to(alpha.dtype)
+    if radius > 0:
+        soft = F.max_pool2d(soft, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return soft > 0
+
+
 class MedicalMattingLoss(nn.Module):
     """Total training loss of ``MedicalMattingNet.forward_train`` outputs.
 
     - segmentation group ``L_seg = BCE-with-logits(seg_logits, seg_target) + kl_weight * mean(kl)``;
-    - matting group ``L_mat = mean |alpha - alpha_gt| + grad_weight * L_grad``, ``L_grad`` the L1
+    - matting group ``L_mat = mean |alpha - alpha_gt| + grad_weight * L_grad`` (with
+      ``l1_transition_weight = w > 0`` the L1 is a weighted mean, weight ``1 + w`` inside
+      :func:`transition_region` of the true alpha and 1 elsewhere), ``L_grad`` the L1
       between Sobel gradients (:func:`masked_gradient_loss`) over pixels with
       ``uncertainty > grad_threshold``;
     - ``weighting="uncertainty"`` (default): ``loss = sum_g exp(-s_g) L_g + s_g`` with learnable
@@ -97,6 +115,8 @@ class MedicalMattingLoss(nn.Module):
             (uncertainty is the normalised binary entropy in [0, 1]).
         seg_weight: weight of the segmentation group (``"fixed"`` only).
         mat_weight: weight of the matting group (``"fixed"`` only).
+        l1_transition_weight: extra L1 weight of the pixels near the true matte's transition
+            (0 = the plain mean, the paper's); the metrics are computed in a trimap's unknown region.
 
     Example::
 
@@ -116,12 +136,14 @@ class MedicalMattingLoss(nn.Module):
         grad_threshold: float = 0.1,
         seg_weight: float = 1.0,
         mat_weight: float = 1.0,
+        l1_transition_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}.")
         for name, value in (("kl_weight", kl_weight), ("grad_weight", grad_weight),
-                            ("seg_weight", seg_weight), ("mat_weight", mat_weight)):
+                            ("seg_weight", seg_weight), ("mat_weight", mat_weight),
+                            ("l1_transition_weight", l1_transition_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
         self.weighting = weighting
@@ -130,6 +152,7 @@ class MedicalMattingLoss(nn.Module):
         self.grad_threshold = float(grad_threshold)
         self.seg_weight = float(seg_weight)
         self.mat_weight = float(mat_weight)
+        self.l1_transition_weight = float(l1_transition_weight)
         if weighting == "uncertainty":
             self.log_var_seg = nn.Parameter(torch.zeros(()))
             self.log_var_mat = nn.Parameter(torch.zeros(()))
@@ -156,7 +179,11 @@ class MedicalMattingLoss(nn.Module):
         alpha_gt = alpha_gt.to(alpha.dtype)
         ce = F.binary_cross_entropy_with_logits(logits, seg_target.to(logits.dtype))
         kl = out["kl"].mean()
-        l1 = (alpha - alpha_gt).abs().mean()
+        if self.l1_transition_weight > 0:
+            weight = 1.0 + self.l1_transition_weight * transition_region(alpha_gt).to(alpha.dtype)
+            l1 = ((alpha - alpha_gt).abs() * weight).sum() / weight.sum()
+        else:
+            l1 = (alpha - alpha_gt).abs().mean()
         uncertain = out["uncertainty"].detach() > self.grad_threshold
         grad = masked_gradient_loss(alpha, alpha_gt, uncertain)
         seg = ce + self.kl_weight * kl

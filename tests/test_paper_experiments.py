@@ -1,0 +1,56 @@
+"""tools.paper_experiments: the plan is valid against the bundle's config, and the report is written from the runs."""
+
+import json
+
+import yaml
+
+from tools.paper_experiments import EXPERIMENTS, PAPER_TABLE2, TABLES, main, write_report
+from tools.reproduce import RECIPES
+
+
+def test_every_experiment_changes_existing_settings(bundle_root):
+    train = yaml.safe_load((bundle_root / "configs" / "train.yaml").read_text())
+    names = [e.name for e in EXPERIMENTS]
+    assert len(names) == len(set(names))
+    for exp in EXPERIMENTS:
+        assert exp.table in TABLES and exp.recipe in RECIPES
+        keys = exp.overrides[::2]
+        assert all(k.startswith("--") and k[2:] in train for k in keys), (exp.name, keys)
+    # Table 2: every row the paper published except the default is one run, with the paper's label
+    table2 = {e.label for e in EXPERIMENTS if e.table == "table2"}
+    assert set(PAPER_TABLE2) - table2 == {"region-aware, 3 scales, 2x2"}  # the default recipe itself
+
+
+def _run(sad, seconds=600.0, recipe="ours", overrides=()):
+    metrics = {"sad_unknown": sad, "mse_unknown": 0.04, "grad_unknown": 0.5}
+    return {"recipe": recipe, "overrides": list(overrides), "mean": metrics, "std": {k: 0.01 for k in metrics},
+            "total_seconds": seconds, "command": "python -m tools.paper_experiments --only x", "commit": "0" * 40,
+            "machine": {"cpu": "cpu"}, "load_average_before": [0.1], "load_average_after": [2.0]}
+
+
+def test_report_fills_in_as_runs_finish(tmp_path):
+    reference = {"recipes": {"ours": _run(0.40, 900.0), "paper": _run(0.9, recipe="paper")},
+                 "seed_summaries": {"ours": {"seeds": [0, 1, 2], "mean": {"sad_unknown": 0.41},
+                                             "std": {"sad_unknown": 0.005}}}}
+    results = {"experiments": {"scales_1": _run(0.44, overrides=("--scales", "1"))}}
+    path = tmp_path / "report.md"
+    write_report(results, reference, path)
+    text = path.read_text()
+    row = next(line for line in text.splitlines() if "(`scales_1`)" in line)
+    assert "0.4400 +/- 0.0100" in row and "+10.0 %" in row and "600 s" in row
+    assert "(`kernel_3`) | not run |" in text
+    assert "| default recipe (seed 0) | 0.4000 +/- 0.0100" in text
+    assert "0.4100 +/- 0.0050" in text  # the spread over seeds
+    assert "| region-aware, 3 scales, 1x1 | 0.0406 | 0.0198 | 0.0554 |" in text  # published, labelled
+    assert "literal reading, no normalisation" in text
+    for heading, _ in TABLES.values():
+        assert f"## {heading}" in text
+
+
+def test_list_shows_what_is_done(tmp_path, capsys):
+    (tmp_path / "paper_experiments.json").write_text(json.dumps({"experiments": {"kernel_1": _run(0.4)}}))
+    assert main(["--list", "--results_dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(EXPERIMENTS)
+    assert any(line.startswith("kernel_1") and " done " in line for line in lines)
+    assert any(line.startswith("kernel_3") and " to run " in line for line in lines)
