@@ -260,7 +260,10 @@ class RegionAwareImplicitUpsampler(nn.Module):
         rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
         if self.hidden_channels <= c:  # project, then sample the (narrower) hidden features
             projected = F.conv2d(feat, first.weight[:, :c], first.bias)  # (B, hidden, h, w)
-            hidden = self._sample(projected, pos) + F.conv2d(rel_map, first.weight[:, c:])
+            sampled = self._sample(projected, pos)  # (B, hidden, K*Hq, Wq), contiguous (grid_sample's layout)
+            # the coordinate part in the same layout: a channels-last weight would give a channels-last
+            # result, and adding tensors of different layouts is ~4x slower than the add itself
+            hidden = sampled + F.conv2d(rel_map, first.weight[:, c:].contiguous()).to(sampled.dtype)
         else:  # sample the codes, then the first layer on [z_i, x_q - x_i]
             hidden = F.conv2d(torch.cat([self._sample(feat, pos), rel_map], dim=1), first.weight, first.bias)
         hidden = F.relu(hidden, inplace=True).view(b, -1, kk, hq, wq)  # (B, hidden, K, Hq, Wq)
