@@ -53,6 +53,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from scripts import BUNDLE_ROOT
+from scripts.workflows.allocator import retain_freed_memory
 from tools import provenance
 
 __all__ = [
@@ -120,6 +121,9 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
     network = parser.get_parsed_content("network_def", instantiate=True)
     loss = parser.get_parsed_content("loss_def", instantiate=True)
     get = lambda key: parser.get_parsed_content(key)  # noqa: E731
+    # the config's initialize step that matters for speed: the allocator setting (process-wide,
+    # so compare both values in separate processes, not within one)
+    retained = retain_freed_memory(bool(get("retain_freed_memory"))) if "retain_freed_memory" in parser else False
     network_args = {
         k: get(f"network_def#{k}") for k in parser.get("network_def") if not str(k).startswith("_")
     }
@@ -140,6 +144,7 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
         "in_channels": int(get("in_channels")),
         "num_samples": int(network.num_samples),
         "network_args": network_args,
+        "retain_freed_memory": retained,
     }
 
 
@@ -465,6 +470,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "batch_size": batch_size,
         "bf16": args.bf16,
         "compile": args.compile,
+        "retain_freed_memory": parts["retain_freed_memory"],
         "params": sum(p.numel() for p in network.parameters()),
     }
 
