@@ -54,3 +54,23 @@ def test_list_shows_what_is_done(tmp_path, capsys):
     assert len(lines) == len(EXPERIMENTS)
     assert any(line.startswith("kernel_1") and " done " in line for line in lines)
     assert any(line.startswith("kernel_3") and " to run " in line for line in lines)
+
+
+def test_an_evaluation_of_retrained_models_is_stale(tmp_path):
+    """An evaluation-only row (no_flips) records the digests of the models it evaluated; once the
+    default recipe is retrained (other model.pt bytes), the row is stale and is evaluated again."""
+    from tools.paper_experiments import evaluated_model_digests, stale_evaluation
+
+    exp = next(e for e in EXPERIMENTS if e.evaluate_models_of is not None)
+    train_only = next(e for e in EXPERIMENTS if e.evaluate_models_of is None)
+    for k in range(2):
+        model = tmp_path / exp.evaluate_models_of / f"fold{k}" / "models" / "model.pt"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"weights %d" % k)
+    entry = {"evaluated_model_sha256": evaluated_model_digests(exp, tmp_path, 2)}
+    assert set(entry["evaluated_model_sha256"]) == {"0", "1"}
+    assert not stale_evaluation(exp, entry, tmp_path, 2)
+    (tmp_path / exp.evaluate_models_of / "fold1" / "models" / "model.pt").write_bytes(b"retrained")
+    assert stale_evaluation(exp, entry, tmp_path, 2)
+    assert stale_evaluation(exp, {}, tmp_path, 2)  # recorded before digests existed
+    assert not stale_evaluation(train_only, {}, tmp_path, 2)  # trained rows are not evaluations

@@ -39,6 +39,7 @@ import argparse
 import os
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ from PIL import Image
 
 from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
+from scripts.digest import sha256_file
 from tools.crossval import DEFAULT_CONFIG_FILES, aggregate_crossval
 from tools.provenance import git_commit, library_versions, load_average, machine_info
 from tools.reproduce import HEADINGS, PAPER_ROW, PAPER_TABLE1, RECIPES, prepare_brain_growth, run_recipe
@@ -136,6 +138,24 @@ def _command(exp: Experiment) -> str:
     return f"python -m tools.paper_experiments --only {exp.name}"
 
 
+def evaluated_model_digests(exp: Experiment, models_root: Path, num_folds: int) -> dict[str, str]:
+    """sha256 of each fold's ``model.pt`` that an evaluation-only experiment evaluates (missing: no entry)."""
+    digests = {}
+    for k in range(num_folds):
+        model = models_root / str(exp.evaluate_models_of) / f"fold{k}" / "models" / "model.pt"
+        if model.is_file():
+            digests[str(k)] = sha256_file(model)
+    return digests
+
+
+def stale_evaluation(exp: Experiment, entry: dict[str, Any], models_root: Path, num_folds: int) -> bool:
+    """Whether an evaluation-only experiment's recorded result belongs to other models than the current
+    default-recipe run's (it was retrained since, or the entry predates the recorded digests)."""
+    if exp.evaluate_models_of is None:
+        return False
+    return entry.get("evaluated_model_sha256") != evaluated_model_digests(exp, models_root, num_folds)
+
+
 def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_root: Path,
                         jobs: int) -> tuple[dict[str, Any], bool]:
     """Evaluate the default recipe's fold models with ``exp.overrides`` (one process per fold) and aggregate.
@@ -184,8 +204,10 @@ def run_experiment(exp: Experiment, data_dir: Path, work_dir: Path, models_root:
     if exp.evaluate_models_of is not None:
         commit, load_before = git_commit(), load_average()
         agg, resumed = run_evaluation_only(exp, data_dir, work_dir, models_root, jobs)
+        num_folds = len(agg["folds"])
         return {"experiment": exp.name, "recipe": exp.recipe, "overrides": list(exp.overrides),
-                "evaluated_models": str(models_root / exp.evaluate_models_of), "command": _command(exp),
+                "evaluated_models": str(models_root / exp.evaluate_models_of),
+                "evaluated_model_sha256": evaluated_model_digests(exp, models_root, num_folds), "command": _command(exp),
                 "commit": commit, "machine": machine_info(), "versions": library_versions(),
                 "load_average_before": load_before, "load_average_after": load_average(),
                 "total_seconds": round(time.time() - start, 1), "resumed": resumed, "folds": agg["folds"], "mean": agg["mean"],
@@ -342,8 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.with_baselines and not args.report_only:
         _baselines(data_dir, results_dir, Path(args.defaults_dir) / "ours")
     todo = [known[n] for n in args.only] if args.only else list(EXPERIMENTS)
+    num_folds = int(json.loads((data_dir / "datalist.json").read_text())["num_folds"])
     for exp in ([] if args.report_only else todo):
-        if exp.name in results["experiments"] and (work_dir / exp.name / "crossval.json").is_file():
+        done = exp.name in results["experiments"] and (work_dir / exp.name / "crossval.json").is_file()
+        if done and stale_evaluation(exp, results["experiments"][exp.name], Path(args.defaults_dir), num_folds):
+            print(f"[paper_experiments] {exp.name}: the models it evaluated were retrained; evaluating again", flush=True)
+            shutil.rmtree(work_dir / exp.name)
+            done = False
+        if done:
             print(f"[paper_experiments] {exp.name}: done before, kept", flush=True)
             continue
         print(f"[paper_experiments] {exp.name}: running ({exp.label})", flush=True)
