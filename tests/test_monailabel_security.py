@@ -191,6 +191,11 @@ class Servers:
         torch.manual_seed(0)
         torch.save(parser.get_parsed_content("network_def").state_dict(), self.weights)
         self.marker = root / "PWNED_marker"
+        # monailabel's start_server creates app/{model,lib,logs,bin} with an exists-check followed by a
+        # plain makedirs: two servers starting from one app folder race there (FileExistsError, seen
+        # in a fresh-clone run); create them before either server starts
+        for name in ("model", "lib", "logs", "bin"):
+            (self.bundle / "scripts" / "monailabel_app" / name).mkdir(exist_ok=True)
         self.default = Server(root, self.bundle, "default", [])
         self.training = Server(root, self.bundle, "training", ["--conf", "allow_training", "true",
                                                                 "--conf", "train_dir", str(root / "train_runs")])
