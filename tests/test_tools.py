@@ -64,3 +64,41 @@ def test_goal_check_and_seed_summary(tmp_path):
     assert "over training seeds [0, 1]" in text and "0.3100 +/- 0.0100" in text
     assert "unc. corr." in text and "goal (mean SAD <= 0.3" in text
     assert "folds worse than the paper's row: fold 0 sad_unknown" in text  # the paper recipe's bad fold
+
+
+def test_release_stores_half_precision_weights_that_load_into_the_float32_network(tmp_path):
+    import torch
+
+    from scripts.networks import MedicalMattingNet
+    from scripts.workflows.inference import load_trained_network
+    from tests.conftest import TINY_NET_ARGS
+    from tools.release import max_rounding_error, stored_state_dict
+
+    torch.manual_seed(0)
+    net = MedicalMattingNet(**dict(TINY_NET_ARGS, test_time_flips="none")).eval()
+    state = net.state_dict()
+    stored = stored_state_dict(state)
+    floats = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    assert floats and all(stored[k].dtype == torch.float16 for k in floats)
+    assert stored["_extra_state"] == state["_extra_state"]  # the network's arguments travel unchanged
+    error = max_rounding_error(state, stored)
+    assert 0 < error < 1e-3
+
+    fp32, fp16 = tmp_path / "fp32.pt", tmp_path / "fp16.pt"
+    torch.save(state, fp32)
+    torch.save(stored, fp16)
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+    loaded = load_trained_network(fp16).eval()  # strict load, weights_only=True
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    image = torch.rand(1, TINY_NET_ARGS.get("in_channels", 1), 32, 32)
+    with torch.no_grad():
+        a, b = net(image), load_trained_network(fp32).eval()(image)
+        c = loaded(image)
+    a, b, c = (x[0] if isinstance(x, (tuple, list)) else x for x in (a, b, c))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() < 1e-2
+
+    with pytest.raises(ValueError, match="exceeds the range"):
+        stored_state_dict({"w": torch.tensor([1e6])})
+    ints = stored_state_dict({"n": torch.tensor([3])})
+    assert ints["n"].dtype == torch.int64
