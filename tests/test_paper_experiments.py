@@ -32,19 +32,29 @@ def test_report_fills_in_as_runs_finish(tmp_path):
     reference = {"recipes": {"ours": _run(0.40, 900.0), "paper": _run(0.9, recipe="paper")},
                  "seed_summaries": {"ours": {"seeds": [0, 1, 2], "mean": {"sad_unknown": 0.41},
                                              "std": {"sad_unknown": 0.005}}}}
-    results = {"experiments": {"scales_1": _run(0.44, overrides=("--scales", "1"))}}
+    results = {"experiments": {"scales_1": _run(0.44, overrides=("--scales", "1")),
+                               "no_flips": _run(0.42, 60.0, overrides=("--test_time_flips", "none"))},
+               "references": {"half_width": {"label": "half-width default", "note": "the default of c7237fa",
+                                             "seed0": _run(0.50, 571.0), "seeds": None}}}
     path = tmp_path / "report.md"
     write_report(results, reference, path)
     text = path.read_text()
     row = next(line for line in text.splitlines() if "(`scales_1`)" in line)
-    assert "0.4400 +/- 0.0100" in row and "+10.0 %" in row and "600 s" in row
+    # a row measured on the earlier (half-width) default is compared with that default, not today's
+    assert "0.4400 +/- 0.0100" in row and "-12.0 %" in row and "600 s" in row
+    assert "| half-width default (seed 0, `000000000000`) | 0.5000 +/- 0.0100" in text
+    row = next(line for line in text.splitlines() if "(`no_flips`)" in line)
+    assert "+5.0 % (vs default)" in row and "60 s" in row
     assert "(`kernel_3`) | not run |" in text
-    assert "| default recipe (seed 0) | 0.4000 +/- 0.0100" in text
+    assert "| default recipe (seed 0, `000000000000`) | 0.4000 +/- 0.0100" in text
     assert "0.4100 +/- 0.0050" in text  # the spread over seeds
+    assert "Reference `half_width`: the default of c7237fa" in text
     assert "| region-aware, 3 scales, 1x1 | 0.0406 | 0.0198 | 0.0554 |" in text  # published, labelled
     assert "literal reading, no normalisation" in text
     for heading, _ in TABLES.values():
         assert f"## {heading}" in text
+    table2 = text[text.index("## Table 2"):text.index("## Recipe ablation")]
+    assert "default recipe (seed 0" not in table2  # no Table 2 row is compared with today's default
 
 
 def test_list_shows_what_is_done(tmp_path, capsys):

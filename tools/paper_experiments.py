@@ -76,9 +76,11 @@ DEFAULT_ROW = "region-aware, 3 scales, 2x2"
 #: table key -> (heading, what its rows change)
 TABLES = {
     "table2": ("Table 2: upsampling, scales and kernel size",
-               "The default recipe with its decoder changed (`--upsampling`, `--scales`, `--kernel_size`)."),
+               "The half-width default (reference `half_width`) with its decoder changed (`--upsampling`, "
+               "`--scales`, `--kernel_size`)."),
     "recipe": ("Recipe ablation: each change of the default recipe undone",
-               "The default recipe (`configs/train.yaml`) with one of its departures from the paper undone."),
+               "A default recipe (`configs/train.yaml`; each row names the one it changes) with one of its "
+               "departures from the paper undone."),
     "paper_recipe": ("The paper's recipe, as its authors most likely ran it",
                      "The paper's section 3.1 settings (`configs/recipes/brain_growth_paper.yaml`) plus the "
                      "normalisation of the Medical Matting code base it builds on."),
@@ -99,6 +101,9 @@ class Experiment:
         evaluate_models_of: evaluation only, with the trained models of this default-recipe run
             folder (``runs/brain-growth/<it>``): for settings that change prediction, not training.
         offsets: draw the learned sampling offsets of fold 0's model (region-aware rows).
+        reference: the run it is compared with: ``"default"`` (the default recipe as it is,
+            ``docs/results/brain_growth_cv.json``) or a key of the report's recorded ``references``
+            (``"half_width"``: the default before its Prob. U-Net became full-width).
     """
 
     name: str
@@ -108,25 +113,37 @@ class Experiment:
     overrides: tuple[str, ...] = ()
     evaluate_models_of: str | None = None
     offsets: bool = False
+    reference: str = "default"
     note: str = field(default="", compare=False)
+
+
+#: The Table 2 and recipe rows were measured on the default of commit c7237fa, whose Prob. U-Net was
+#: half Kohl et al.'s width; they pin that width so that the rows re-create what was measured, and
+#: are compared with that default's own runs (``references.half_width`` of paper_experiments.json).
+HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]")
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("no_flips", "recipe", "no test-time flips (evaluation of the default models)",
                overrides=("--test_time_flips", "none"), evaluate_models_of="ours"),
-    Experiment("upsampling_bilinear", "table2", "bilinear, 3 scales", overrides=("--upsampling", "bilinear")),
+    Experiment("upsampling_bilinear", "table2", "bilinear, 3 scales",
+               overrides=(*HALF_WIDTH_PROB, "--upsampling", "bilinear"), reference="half_width"),
     Experiment("upsampling_local_ensemble", "table2", "local ensemble (LIIF), 3 scales, 2x2",
-               overrides=("--upsampling", "local_ensemble")),
-    Experiment("scales_1", "table2", "region-aware, 1 scale, 2x2", overrides=("--scales", "1"), offsets=True),
-    Experiment("scales_2", "table2", "region-aware, 2 scales, 2x2", overrides=("--scales", "2"), offsets=True),
-    Experiment("kernel_1", "table2", "region-aware, 3 scales, 1x1", overrides=("--kernel_size", "1"), offsets=True),
-    Experiment("kernel_3", "table2", "region-aware, 3 scales, 3x3", overrides=("--kernel_size", "3"), offsets=True),
+               overrides=(*HALF_WIDTH_PROB, "--upsampling", "local_ensemble"), reference="half_width"),
+    Experiment("scales_1", "table2", "region-aware, 1 scale, 2x2", overrides=(*HALF_WIDTH_PROB, "--scales", "1"),
+               offsets=True, reference="half_width"),
+    Experiment("scales_2", "table2", "region-aware, 2 scales, 2x2", overrides=(*HALF_WIDTH_PROB, "--scales", "2"),
+               offsets=True, reference="half_width"),
+    Experiment("kernel_1", "table2", "region-aware, 3 scales, 1x1", overrides=(*HALF_WIDTH_PROB, "--kernel_size", "1"),
+               offsets=True, reference="half_width"),
+    Experiment("kernel_3", "table2", "region-aware, 3 scales, 3x3", overrides=(*HALF_WIDTH_PROB, "--kernel_size", "3"),
+               offsets=True, reference="half_width"),
     Experiment("no_instance_norm", "recipe", "no normalisation, paper learning rate 5e-5",
-               overrides=("--norm", "None", "--learning_rate", "5e-5")),
-    Experiment("full_width_prob", "recipe", "Prob. U-Net at Kohl et al.'s width 32-64-128-192",
-               overrides=("--prob_filters", "[32,64,128,192]")),
+               overrides=(*HALF_WIDTH_PROB, "--norm", "None", "--learning_rate", "5e-5"), reference="half_width"),
+    Experiment("full_width_prob", "recipe", "Prob. U-Net at Kohl et al.'s width 32-64-128-192 (the default since)",
+               overrides=("--prob_filters", "[32,64,128,192]"), reference="half_width"),
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
-               overrides=("--cpu_bf16", "False", "--epochs", "100")),
+               overrides=(*HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"), reference="half_width"),
     Experiment("paper_bn", "paper_recipe", "paper recipe + batch normalisation", recipe="paper_bn",
                note="configs/recipes/brain_growth_paper_bn.yaml"),
     Experiment("paper_mm_code", "paper_recipe", "Medical Matting code configuration", recipe="paper_mm_code",
@@ -257,39 +274,61 @@ def _delta(value: float | None, ref: float | None) -> str:
     return f"{100 * (value - ref) / ref:+.1f} %"
 
 
+def _reference_runs(results: dict[str, Any], reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each reference name -> ``{"label", "seed0", "seeds"}``: ``default`` from brain_growth_cv.json, the
+    others from the report's recorded ``references`` (runs of an earlier default, kept as measured)."""
+    refs = {"default": {"label": "default recipe", "seed0": reference.get("recipes", {}).get("ours"),
+                        "seeds": reference.get("seed_summaries", {}).get("ours")}}
+    for name, ref in results.get("references", {}).items():
+        refs[name] = {"label": ref["label"], "seed0": ref.get("seed0"), "seeds": ref.get("seeds")}
+    return refs
+
+
+def _reference_rows(ref: dict[str, Any]) -> list[str]:
+    rows = []
+    seed0, seeds = ref.get("seed0"), ref.get("seeds")
+    if seed0:
+        rows.append(f"| {ref['label']} (seed 0, `{str(seed0.get('commit', '?'))[:12]}`) | "
+                    + " | ".join(_fmt(seed0["mean"].get(c), seed0["std"].get(c)) for c in COLUMNS)
+                    + f" | 0 | {seed0['total_seconds']:.0f} s |")
+    if seeds:
+        rows.append(f"| {ref['label']}, {len(seeds['seeds'])} seeds (spread over seeds) | "
+                    + " | ".join(_fmt(seeds["mean"].get(c), seeds["std"].get(c)) for c in COLUMNS) + " | | |")
+    return rows
+
+
 def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path) -> None:
-    """``docs/results/paper_experiments.md`` from the recorded runs and the default recipe's rows."""
-    seed0 = reference.get("recipes", {}).get("ours")
-    seeds = reference.get("seed_summaries", {}).get("ours")
+    """``docs/results/paper_experiments.md`` from the recorded runs and their reference runs."""
+    refs = _reference_runs(results, reference)
     runs = results.get("experiments", {})
-    head = "| row | " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " | SAD vs default | wall time |"
+    head = "| row | " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " | SAD vs its reference | wall time |"
     rule = "| --- |" + " --- |" * (len(COLUMNS) + 2)
     lines = ["# The paper's experiments on Brain-growth (issue 12)", "",
              "Written by `python -m tools.paper_experiments` (do not edit by hand; rerun the command, which resumes).",
              "Every row is a 4-fold cross-validation on the 39 Brain-growth cases with the metrics of",
-             "docs/results/brain_growth.md (mean +/- standard deviation over the folds, training seed 0). The",
-             "reference is the default recipe: its seed-0 run and, to judge differences, its mean +/- standard",
-             "deviation over training seeds (docs/results/brain_growth.md). Rows not yet run say `not run`.", ""]
-    ref_rows = []
-    if seed0:
-        ref_rows.append("| default recipe (seed 0) | " + " | ".join(_fmt(seed0["mean"].get(c), seed0["std"].get(c))
-                                                             for c in COLUMNS)
-                        + f" | 0 | {seed0['total_seconds']:.0f} s |")
-    if seeds:
-        ref_rows.append(f"| default recipe, {len(seeds['seeds'])} seeds (spread over seeds) | "
-                        + " | ".join(_fmt(seeds["mean"].get(c), seeds["std"].get(c)) for c in COLUMNS) + " | | |")
-    ref_sad = seed0["mean"].get("sad_unknown") if seed0 else None
+             "docs/results/brain_growth.md (mean +/- standard deviation over the folds, training seed 0). Each row",
+             "is compared with its reference, the recipe it changes: its seed-0 run and, to judge differences,",
+             "its mean +/- standard deviation over training seeds. Rows not yet run say `not run`.", ""]
+    for name, ref in refs.items():
+        if name != "default" and results.get("references", {}).get(name, {}).get("note"):
+            lines += [f"Reference `{name}`: {results['references'][name]['note']}", ""]
+    ref_sad = (refs["default"]["seed0"] or {}).get("mean", {}).get("sad_unknown")
     for table, (heading, what) in TABLES.items():
+        exps = [e for e in EXPERIMENTS if e.table == table]
+        used = [n for n in refs if any(e.reference == n for e in exps)]
+        ref_rows = [row for n in used for row in _reference_rows(refs[n])]
         lines += [f"## {heading}", "", what, "", head, rule, *ref_rows]
-        for exp in (e for e in EXPERIMENTS if e.table == table):
+        for exp in exps:
             run = runs.get(exp.name)
             if run is None:
                 lines.append(f"| {exp.label} (`{exp.name}`) | not run |" + " |" * (len(COLUMNS) + 1))
                 continue
+            exp_ref = refs.get(exp.reference, {}).get("seed0") or {}
             lines.append(f"| {exp.label} (`{exp.name}`) | "
                          + " | ".join(_fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
-                         + f" | {_delta(run['mean'].get('sad_unknown'), ref_sad)} | {run['total_seconds']:.0f} s"
-                         + (" (resumed)" if run.get("resumed") else "") + " |")
+                         + f" | {_delta(run['mean'].get('sad_unknown'), exp_ref.get('mean', {}).get('sad_unknown'))}"
+                         + (f" (vs {exp.reference})" if len(used) > 1 else "")
+                         + f" | {run['total_seconds']:.0f} s" + (" (resumed)" if run.get("resumed") else "") + " |")
         if table == "table2":
             lines += ["", "The paper's Table 2 as published (targets, not measured here; the caption says LIDC-IDRI,",
                       "section 3.3 says Brain-growth, and the values are ten times below the paper's own Brain-growth",
