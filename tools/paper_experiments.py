@@ -280,7 +280,7 @@ def _reference_runs(results: dict[str, Any], reference: dict[str, Any]) -> dict[
     refs = {"default": {"label": "default recipe", "seed0": reference.get("recipes", {}).get("ours"),
                         "seeds": reference.get("seed_summaries", {}).get("ours")}}
     for name, ref in results.get("references", {}).items():
-        refs[name] = {"label": ref["label"], "seed0": ref.get("seed0"), "seeds": ref.get("seeds")}
+        refs[name] = {"label": ref["label"], "seed0": ref.get("seed0"), "seeds": ref.get("seeds"), "note": ref.get("note")}
     return refs
 
 
@@ -309,9 +309,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
              "docs/results/brain_growth.md (mean +/- standard deviation over the folds, training seed 0). Each row",
              "is compared with its reference, the recipe it changes: its seed-0 run and, to judge differences,",
              "its mean +/- standard deviation over training seeds. Rows not yet run say `not run`.", ""]
-    for name, ref in refs.items():
-        if name != "default" and results.get("references", {}).get(name, {}).get("note"):
-            lines += [f"Reference `{name}`: {results['references'][name]['note']}", ""]
+    lines += [line for name, ref in refs.items() if ref.get("note") for line in (f"Reference `{name}`: {ref['note']}", "")]
     ref_sad = (refs["default"]["seed0"] or {}).get("mean", {}).get("sad_unknown")
     for table, (heading, what) in TABLES.items():
         exps = [e for e in EXPERIMENTS if e.table == table]

@@ -25,7 +25,7 @@ import torch
 
 from scripts import BUNDLE_ROOT
 from scripts.atomic import atomic_write, write_text_atomic
-from tools.crossval import DEFAULT_CONFIG_FILES
+from tools.crossval import DEFAULT_CONFIG_FILES, fold_command
 from tools.provenance import git_commit, load_average, machine_info
 from tools.release import STORE_DTYPES, max_rounding_error, stored_state_dict
 
@@ -65,10 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fold_out = out / f"fold{k}"
         (fold_out / "models").mkdir(parents=True, exist_ok=True)
         atomic_write(fold_out / "models" / "model.pt", lambda f: torch.save(stored, f))
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
-               str([str(BUNDLE_ROOT / c) for c in DEFAULT_CONFIG_FILES]), "--dataset_dir", str(Path(args.data_dir).resolve()),
-               "--fold", str(k), "--ckpt_dir", str((fold_out / "models").resolve()), "--output_dir", str(fold_out.resolve()),
-               "--progress_bar", "False"]
+        cmd = fold_command(k, args.data_dir, fold_out, [str(BUNDLE_ROOT / c) for c in DEFAULT_CONFIG_FILES],
+                           run_id="evaluating")
         with open(fold_out / "log.txt", "w") as log:
             code = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         if code != 0:
