@@ -257,12 +257,15 @@ class RegionAwareImplicitUpsampler(nn.Module):
         hq, wq = query.shape[0], query.shape[1]
         first, second = self.mlp[0], self.mlp[2]
         rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
-        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
+        # the permuted view has channels-last strides; made contiguous (2 channels, cheap) so that
+        # every per-query tensor below has grid_sample's contiguous layout (see the comment below)
+        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype).contiguous()
         if self.hidden_channels <= c:  # project, then sample the (narrower) hidden features
             projected = F.conv2d(feat, first.weight[:, :c], first.bias)  # (B, hidden, h, w)
             sampled = self._sample(projected, pos)  # (B, hidden, K*Hq, Wq), contiguous (grid_sample's layout)
-            # the coordinate part in the same layout: a channels-last weight would give a channels-last
-            # result, and adding tensors of different layouts is ~4x slower than the add itself
+            # the coordinate part in the same layout: a channels-last input or weight gives a
+            # channels-last result, and adding tensors of different layouts is ~4x slower than the
+            # add itself (docs/benchmarks.md: inference 1.9x faster for the full-resolution decoder)
             hidden = sampled + F.conv2d(rel_map, first.weight[:, c:].contiguous()).to(sampled.dtype)
         else:  # sample the codes, then the first layer on [z_i, x_q - x_i]
             hidden = F.conv2d(torch.cat([self._sample(feat, pos), rel_map], dim=1), first.weight, first.bias)
@@ -274,7 +277,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
             hidden = hidden.sum(dim=2)
             if bias is not None:  # the second layer's bias, once per summed code
                 bias = bias * kk
-        return F.conv2d(hidden, second.weight, bias)
+        return F.conv2d(hidden, second.weight.contiguous(), bias)  # contiguous like ``hidden``
 
     @torch.jit.ignore
     def forward_rows(self, feat: torch.Tensor, output_size: Sequence[int], row_start: int, row_stop: int) -> torch.Tensor:
