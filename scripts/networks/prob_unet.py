@@ -211,8 +211,12 @@ class FComb(nn.Module):
     def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """features (B, F, H, W), z (B, N, L) -> logits (B, N, H, W) (or (B, N, out, H, W) if out > 1)."""
         b, n = z.shape[:2]
-        h = self.feature_proj(features).unsqueeze(1) + self.latent_proj(z)[..., None, None]
-        h = self.act(h).flatten(0, 1)  # (B*N, F, H, W)
+        # computed as (B, N, H, W, F), so that the N samples come out as one channels-last batch
+        # (B*N, F, H, W): the broadcast add and the 1x1 convolutions then run on one contiguous
+        # layout (a (B, N, F, H, W) sum made the convolutions fall back to a slow path; same values)
+        projected = self.feature_proj(features).permute(0, 2, 3, 1).unsqueeze(1)  # (B, 1, H, W, F)
+        h = projected + self.latent_proj(z)[:, :, None, None, :]  # (B, N, H, W, F)
+        h = self.act(h).flatten(0, 1).permute(0, 3, 1, 2)  # (B*N, F, H, W)
         out = self.layers(h)
         out = out.view(b, n, self.out_channels, out.shape[-2], out.shape[-1])
         return out[:, :, 0] if self.out_channels == 1 else out
