@@ -32,8 +32,11 @@ def test_report_fills_in_as_runs_finish(tmp_path):
     reference = {"recipes": {"ours": _run(0.40, 900.0), "paper": _run(0.9, recipe="paper")},
                  "seed_summaries": {"ours": {"seeds": [0, 1, 2], "mean": {"sad_unknown": 0.41},
                                              "std": {"sad_unknown": 0.005}}}}
+    resumed = {**_run(0.43, 664.0, overrides=("--kernel_size", "1")), "resumed": True,
+               "fold_seconds_recorded": {"1": 737.0, "0": 712.0, "2": 330.0, "3": 334.0}}
     results = {"experiments": {"scales_1": _run(0.44, overrides=("--scales", "1")),
-                               "no_flips": _run(0.42, 60.0, overrides=("--test_time_flips", "none"))},
+                               "no_flips": _run(0.42, 60.0, overrides=("--test_time_flips", "none")),
+                               "kernel_1": resumed},
                "references": {"half_width": {"label": "half-width default", "note": "the default of c7237fa",
                                              "seed0": _run(0.50, 571.0), "seeds": None}}}
     path = tmp_path / "report.md"
@@ -46,6 +49,9 @@ def test_report_fills_in_as_runs_finish(tmp_path):
     row = next(line for line in text.splitlines() if "(`no_flips`)" in line)
     assert "+5.0 % (vs default)" in row and "60 s" in row
     assert "(`kernel_3`) | not run |" in text
+    # a resumed run's wall time covers its last invocation; every fold's own time is shown beside it
+    row = next(line for line in text.splitlines() if "(`kernel_1`)" in line)
+    assert "664 s (resumed; this invocation only; each fold's own time: 712, 737, 330, 334 s)" in row
     assert "| default recipe (seed 0, `000000000000`) | 0.4000 +/- 0.0100" in text
     assert "0.4100 +/- 0.0050" in text  # the spread over seeds
     assert "Reference `half_width`: the default of c7237fa" in text

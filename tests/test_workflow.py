@@ -212,6 +212,10 @@ def test_crossval_runs_folds_resumes_reports_failures_and_aggregates(phantom, tm
     assert "fold 0: finished before, skipped" in proc.stdout and "fold 1: FAILED" in proc.stdout
     assert (out / "fold0" / "metrics.json").stat().st_mtime_ns == fold0_mtime
     summary = json.loads((out / "crossval.json").read_text())
+    # the skipped fold keeps the time its own run recorded (this invocation spent none on it)
+    fold0_seconds = json.loads((out / "fold0" / "fold_status.json").read_text())["seconds"]
+    assert fold0_seconds > 0 and summary["status"]["0"]["seconds"] == 0.0
+    assert summary["status"]["0"]["earlier_seconds"] == fold0_seconds
     assert summary["finished"] == [0] and summary["missing"] == [1] and summary["failed"] == [1]
     assert summary["mean"]["sad_unknown"] == pytest.approx(fold_means[0])
     assert "no-such-mode" in (out / "fold1" / "log.txt").read_text()

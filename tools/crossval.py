@@ -463,7 +463,9 @@ def run_crossval(
     todo = []
     for k in folds:
         if (out / f"fold{k}" / METRICS_FILE).is_file():
-            status[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0}
+            # seconds: this invocation's (none); earlier_seconds: what the invocation that ran it recorded
+            status[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0,
+                              "earlier_seconds": _recorded_seconds(out / f"fold{k}")}
             print(f"[crossval] fold {k}: finished before, skipped ({out / f'fold{k}' / METRICS_FILE})", flush=True)
         else:
             todo.append(k)
@@ -485,6 +487,18 @@ def run_crossval(
         "command": command,
         "seconds_this_invocation": round(time.time() - start, 1),
     })
+
+
+def _recorded_seconds(fold_dir: Path) -> float | None:
+    """The training + evaluation seconds a fold's own ``fold_status.json`` records (``None`` if it has none).
+
+    The file is written by this module (JSON, never unpickled); an unreadable one is only a missing time.
+    """
+    try:
+        seconds = json.loads((fold_dir / FOLD_STATUS_FILE).read_text()).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None
 
 
 def aggregate_crossval(
