@@ -120,7 +120,9 @@ class Experiment:
 #: The Table 2 and recipe rows were measured on the default of commit c7237fa, whose Prob. U-Net was
 #: half Kohl et al.'s width; they pin that width so that the rows re-create what was measured, and
 #: are compared with that default's own runs (``references.half_width`` of paper_experiments.json).
-HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]")
+HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]", "--latent_filters", "[16,32,64,96]")
+#: the prior / posterior encoders at the U-Net's width, as in every row measured before they were halved
+FULL_WIDTH_LATENT = ("--latent_filters", "[32,64,128,192]")
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
@@ -141,7 +143,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("no_instance_norm", "recipe", "no normalisation, paper learning rate 5e-5",
                overrides=(*HALF_WIDTH_PROB, "--norm", "None", "--learning_rate", "5e-5"), reference="half_width"),
     Experiment("full_width_prob", "recipe", "Prob. U-Net at Kohl et al.'s width 32-64-128-192 (the default since)",
-               overrides=("--prob_filters", "[32,64,128,192]"), reference="half_width"),
+               overrides=("--prob_filters", "[32,64,128,192]", *FULL_WIDTH_LATENT), reference="half_width"),
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
                overrides=(*HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"), reference="half_width"),
     Experiment("paper_bn", "paper_recipe", "paper recipe + batch normalisation", recipe="paper_bn",
