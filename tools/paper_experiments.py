@@ -142,7 +142,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                offsets=True, reference="half_width"),
     Experiment("no_instance_norm", "recipe", "no normalisation, paper learning rate 5e-5",
                overrides=(*HALF_WIDTH_PROB, "--norm", "None", "--learning_rate", "5e-5"), reference="half_width"),
-    Experiment("full_width_prob", "recipe", "Prob. U-Net at Kohl et al.'s width 32-64-128-192 (the default since)",
+    Experiment("full_width_prob", "recipe", "Prob. U-Net and its prior / posterior encoders at Kohl et al.'s width 32-64-128-192 (the 0.4.0 default)",
                overrides=("--prob_filters", "[32,64,128,192]", *FULL_WIDTH_LATENT), reference="half_width"),
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
                overrides=(*HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"), reference="half_width"),
