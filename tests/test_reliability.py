@@ -189,6 +189,21 @@ def test_reproduce_bad_source_is_one_line_with_exit_2(tmp_path, capsys):
     assert rc == 2 and err == [f"error: {tmp_path / 'missing.zip'}: source not found"], err
 
 
+def test_reproduce_with_overrides_refuses_the_recorded_run_folders(tmp_path, capsys):
+    """A run with bundle overrides is keyed like the plain recipe: in the default folders it would resume
+    the recipe's recorded folds and overwrite its report, so it must name folders of its own."""
+    from tools.reproduce import DEFAULT_RESULTS_DIR, DEFAULT_WORK_DIR, main
+
+    before = {p: p.stat().st_mtime_ns for p in DEFAULT_RESULTS_DIR.glob("brain_growth*")}
+    for folders in (["--results_dir", str(tmp_path / "results")], ["--work_dir", str(tmp_path / "runs")]):
+        rc = main(["--epochs", "100", "--data_dir", str(tmp_path / "bg"), *folders])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "--epochs 100 change recipe 'ours'" in err[0], err
+        assert str(DEFAULT_WORK_DIR) in err[0] and str(DEFAULT_RESULTS_DIR) in err[0]
+    assert not (tmp_path / "bg").exists()  # refused before any data preparation
+    assert {p: p.stat().st_mtime_ns for p in DEFAULT_RESULTS_DIR.glob("brain_growth*")} == before
+
+
 # ------------------------------------------------------------------------------ monai.bundle run
 def test_bundle_training_refuses_a_datalist_path_outside_the_dataset(dataset, tmp_path, tiny_cli_args):
     _edit_first_item(dataset, image="../../etc/passwd")

@@ -19,6 +19,8 @@ Example::
 
     python -m tools.reproduce                  # recipe ours: the bundle defaults
     python -m tools.reproduce --recipe paper
+    # any other --key value is a bundle override; such a run needs folders of its own
+    python -m tools.reproduce --epochs 100 --work_dir runs/ep100 --results_dir runs/ep100/results
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "paper_mm_code": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_medical_matting_code.yaml"),
 }
 SHARED_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "brain-growth"
+#: where a recipe's recorded runs and report live (a run with bundle overrides must use other folders)
+DEFAULT_WORK_DIR = BUNDLE_ROOT / "runs" / "brain-growth"
+DEFAULT_RESULTS_DIR = BUNDLE_ROOT / "docs" / "results"
 # The paper's Table 1, Brain-growth column, as published (Xu et al., MICCAI 2024): targets, not results.
 PAPER_TABLE1 = {
     "Ours (Xu et al. 2024, as published)": {"sad_unknown": 0.4032, "mse_unknown": 0.0405, "grad_unknown": 0.5411},
@@ -257,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default=None, help="brain_growth_alpha.zip (path or URL); default ../shared, else the published URL")
     parser.add_argument("--trimaps", default=None, help="trimap_brain.zip (path or URL); default as --source")
     parser.add_argument("--data_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))
-    parser.add_argument("--work_dir", default=str(BUNDLE_ROOT / "runs" / "brain-growth"))
-    parser.add_argument("--results_dir", default=str(BUNDLE_ROOT / "docs" / "results"))
+    parser.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR))
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS_DIR))
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     parser.add_argument("--train_seed", type=int, default=0,
                         help="training seed (the config's seed); other than 0 the run is reported as <recipe>_seed<N>")
@@ -279,6 +284,12 @@ def _run(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | N
     command = "python -m tools.reproduce " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     start = time.time()
     work_dir, results_dir = Path(args.work_dir).absolute(), Path(args.results_dir).absolute()
+    if overrides and (work_dir.resolve() == DEFAULT_WORK_DIR.resolve() or results_dir.resolve() == DEFAULT_RESULTS_DIR.resolve()):
+        # the run is keyed by recipe and seed only: with the default folders it would resume the
+        # recipe's recorded folds (trained without the overrides) and overwrite its recorded report
+        raise ReproduceError(f"the overrides {' '.join(overrides)} change recipe {args.recipe!r}: give the run "
+                             f"folders of its own (--work_dir and --results_dir), not {DEFAULT_WORK_DIR} or "
+                             f"{DEFAULT_RESULTS_DIR}, which hold the recipe's recorded runs.")
     name = run_name(args.recipe, args.train_seed)
     if args.fresh and (work_dir / name).exists():
         shutil.rmtree(work_dir / name)
