@@ -241,9 +241,8 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
         # folds finished by an earlier invocation (skipped now) make total_seconds short of the run's cost
         "resumed": any(str(s.get("status", "")).startswith("done (skipped") for s in result["status"].values()),
         "fold_seconds": {k: s.get("seconds") for k, s in result["status"].items()},
-        # each fold's own time, also for the folds an earlier invocation ran (None: not recorded)
-        "fold_seconds_recorded": {k: s.get("earlier_seconds") if str(s.get("status", "")).startswith("done (skipped")
-                                  else s.get("seconds") for k, s in result["status"].items()},
+        # each fold's own time: a skipped fold carries what its earlier run recorded (None: not recorded)
+        "fold_seconds_recorded": {k: s.get("earlier_seconds", s.get("seconds")) for k, s in result["status"].items()},
         "folds": agg["folds"],
         "num_cases": agg["num_cases"],
         "mean": agg["mean"],
