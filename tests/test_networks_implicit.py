@@ -111,6 +111,8 @@ def test_fast_forward_equals_literal_equation_2(k, area, mode, hidden):
     for size in [(6, 7), (12, 14), (9, 10), (4, 3)]:
         fast, ref = up(feat, size), up.decode_reference(feat, size)
         assert torch.allclose(fast, ref, atol=1e-5), size
+        with torch.no_grad():  # the inference path (no autograd function) gives the same values
+            assert torch.allclose(up(feat, size), ref, atol=1e-5), size
     g_fast = torch.autograd.grad(up(feat, (9, 10)).square().sum(), [feat] + list(up.parameters()))
     g_ref = torch.autograd.grad(up.decode_reference(feat, (9, 10)).square().sum(), [feat] + list(up.parameters()))
     for a, b in zip(g_fast, g_ref):
@@ -175,3 +177,24 @@ def test_bad_arguments():
         RegionAwareImplicitUpsampler(2, 2, kernel_size=3, area_weighting=True)
     with pytest.raises(ValueError, match="expected features"):
         RegionAwareImplicitUpsampler(2, 2)(torch.randn(1, 3, 4, 4), (8, 8))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_bfloat16_autocast_and_bfloat16_module_match_float32(grad):
+    """The coordinate term is kept in float32 (it holds positions of the size of the grid): decoding
+    under bfloat16 autocast, or with a bfloat16 module, stays within bfloat16 rounding of float32."""
+    torch.manual_seed(3)
+    up = RegionAwareImplicitUpsampler(8, 3, hidden_channels=4)
+    with torch.no_grad():
+        up.offset_conv.weight.normal_(0, 0.3)
+    feat = torch.randn(2, 8, 40, 40).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = up(feat, (80, 80))
+    with torch.set_grad_enabled(grad):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = up(feat.requires_grad_(grad), (80, 80))
+        half = up.to(torch.bfloat16)(feat.detach().bfloat16(), (80, 80))
+    scale = ref.abs().max()
+    assert auto.shape == half.shape == ref.shape
+    assert (auto.float() - ref).abs().max() < 0.05 * scale
+    assert (half.float() - ref).abs().max() < 0.05 * scale

@@ -253,3 +253,29 @@ def test_prediction_settings_may_differ_and_the_loading_network_keeps_its_own():
     other = _small(num_samples=5, test_time_flips="hv", sample_seed=3)
     other.load_state_dict(state)
     assert other.num_samples == 5 and other.test_time_flips == "hv"
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_instance_norm_keeps_the_layout_and_the_values(channels_last):
+    """The U-Nets' instance normalisation returns its input's layout (PyTorch's returns NCHW) with
+    the values and gradients of ``nn.InstanceNorm2d``; a channels-last model stays channels-last."""
+    from scripts.networks.blocks import LayoutKeepingInstanceNorm2d, conv_block
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 7)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    ours, ref = LayoutKeepingInstanceNorm2d(6), torch.nn.InstanceNorm2d(6)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ours(a), ref(b)
+    assert torch.equal(ya, yb)
+    assert ya.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    weight = torch.randn_like(ya)
+    (ya * weight).sum().backward()
+    (yb * weight).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    block = conv_block(3, 6, norm="INSTANCE")
+    assert all(type(layer.adn.N) is LayoutKeepingInstanceNorm2d for layer in block)
+    net = _net(norm="INSTANCE", channels_last=True).eval()
+    feats = net.prob_unet.encoder(torch.rand(1, 1, 32, 32).to(memory_format=torch.channels_last))
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)

@@ -1,20 +1,57 @@
 """Small convolution blocks shared by the two U-Nets of the model.
 
 Both U-Nets are built from MONAI's :class:`monai.networks.blocks.Convolution` (conv -> norm -> act);
-this module only stacks them into the "two 3x3 convolutions" unit used at every U-Net level.
+this module stacks them into the "two 3x3 convolutions" unit used at every U-Net level, with
+instance normalisation that keeps a channels-last layout (:class:`LayoutKeepingInstanceNorm2d`).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-__all__ = ["DEFAULT_ACT", "conv_block"]
+__all__ = ["DEFAULT_ACT", "LayoutKeepingInstanceNorm2d", "conv_block"]
 
 #: ReLU computed in place (the convolution before it does not need its output for backward).
 DEFAULT_ACT = ("RELU", {"inplace": True})
+
+
+class LayoutKeepingInstanceNorm2d(nn.InstanceNorm2d):
+    """``torch.nn.InstanceNorm2d`` whose output has the memory layout of its input.
+
+    PyTorch's CPU kernel returns a contiguous (NCHW) tensor for a channels-last input, so in a
+    channels-last network everything after the normalisation (the ReLU, average pooling, bilinear
+    upsampling, concatenation, the next convolution's input conversion) ran on the other layout,
+    where upsampling and its backward are ~5x slower. Same values; the layout copy that the next
+    convolution made is made here instead. A training step of the default model: 0.86x
+    (docs/benchmarks.md). Same constructor and state as ``nn.InstanceNorm2d``.
+
+    Example::
+
+        norm = LayoutKeepingInstanceNorm2d(16)
+        x = torch.rand(2, 16, 8, 8).to(memory_format=torch.channels_last)
+        norm(x).is_contiguous(memory_format=torch.channels_last)   # True
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.InstanceNorm2d's argument name)
+        out = F.instance_norm(
+            input, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training or not self.track_running_stats, self.momentum if self.momentum is not None else 0.0, self.eps,
+        )
+        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    @classmethod
+    def like(cls, norm: nn.InstanceNorm2d) -> "LayoutKeepingInstanceNorm2d":
+        """A layout-keeping copy of ``norm`` (same arguments, parameters and buffers)."""
+        new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+        new.load_state_dict(norm.state_dict())
+        return new
 
 
 def conv_block(
@@ -33,7 +70,8 @@ def conv_block(
         num_convs: number of stacked convolutions (>= 1).
         act: activation name/tuple understood by MONAI (``"RELU"``, ``("LEAKYRELU", {...})``).
         norm: optional normalisation name/tuple understood by MONAI (``"INSTANCE"``, ``"BATCH"``);
-            ``None`` for no normalisation.
+            ``None`` for no normalisation. Instance normalisation keeps a channels-last layout
+            (:class:`LayoutKeepingInstanceNorm2d`).
         kernel_size: convolution kernel size (odd).
 
     Example::
@@ -44,14 +82,15 @@ def conv_block(
         raise ValueError(f"num_convs must be >= 1, got {num_convs}")
     layers = []
     for i in range(num_convs):
-        layers.append(
-            Convolution(
-                spatial_dims=2,
-                in_channels=in_channels if i == 0 else out_channels,
-                out_channels=out_channels,
-                kernel_size=kernel_size,
-                act=act,
-                norm=norm,
-            )
+        layer = Convolution(
+            spatial_dims=2,
+            in_channels=in_channels if i == 0 else out_channels,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            act=act,
+            norm=norm,
         )
+        if type(getattr(layer.adn, "N", None)) is nn.InstanceNorm2d:
+            layer.adn.N = LayoutKeepingInstanceNorm2d.like(layer.adn.N)
+        layers.append(layer)
     return nn.Sequential(*layers)
