@@ -126,3 +126,19 @@ def test_uncertainty_is_numerically_safe():
 def test_bad_fcomb_layers():
     with pytest.raises(ValueError, match="num_layers"):
         FComb(4, 2, num_layers=1)
+
+
+def test_dense_gradient_is_an_identity_that_makes_the_gradient_dense():
+    from scripts.networks.blocks import dense_gradient
+
+    x = torch.randn(2, 4, 5, 6).to(memory_format=torch.channels_last).requires_grad_(True)
+    y = dense_gradient(x)
+    assert torch.equal(y, x)
+    grads = []
+    y.register_hook(lambda g: grads.append(g.is_contiguous(memory_format=torch.channels_last)))
+    out = torch.cat([y, torch.randn(2, 3, 5, 6).to(memory_format=torch.channels_last)], dim=1)
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert not grads[0]  # the slice autograd hands over is dense in no layout ...
+    plain = torch.randn(3, 2)
+    assert dense_gradient(plain) is plain  # ... and without autograd nothing happens

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-__all__ = ["DEFAULT_ACT", "LayoutKeepingInstanceNorm2d", "conv_block"]
+__all__ = ["DEFAULT_ACT", "LayoutKeepingInstanceNorm2d", "conv_block", "dense_gradient"]
 
 #: ReLU computed in place (the convolution before it does not need its output for backward).
 DEFAULT_ACT = ("RELU", {"inplace": True})
@@ -52,6 +52,38 @@ class LayoutKeepingInstanceNorm2d(nn.InstanceNorm2d):
         new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
         new.load_state_dict(norm.state_dict())
         return new
+
+
+class _DenseGradient(torch.autograd.Function):
+    """Identity whose backward makes the gradient dense in the forward tensor's layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last if ctx.channels_last else torch.contiguous_format)
+
+
+@torch.jit.unused
+def _dense_gradient_autograd(x: torch.Tensor) -> torch.Tensor:
+    return _DenseGradient.apply(x)
+
+
+def dense_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x``, with its gradient made dense (in ``x``'s layout) before it flows further back.
+
+    For a tensor that is concatenated with others: autograd hands each input of ``torch.cat`` a
+    slice of the output's gradient, which is dense in no layout, and some backward kernels take a
+    slow path on it (bilinear upsampling's: 33.6 -> 8.8 ms for a (4, 64, 128, 128) bfloat16
+    gradient, channels-last, 1 thread). Values are unchanged; a no-op without autograd and in
+    TorchScript. Hand-written: PyTorch has no such op.
+    """
+    if torch.jit.is_scripting() or not x.requires_grad:
+        return x
+    return _dense_gradient_autograd(x)
 
 
 def conv_block(

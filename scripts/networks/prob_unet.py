@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Act, split_args
 from torch.distributions import Independent, Normal, kl_divergence
 
-from scripts.networks.blocks import DEFAULT_ACT, conv_block
+from scripts.networks.blocks import DEFAULT_ACT, conv_block, dense_gradient
 
 __all__ = ["UNetEncoder", "UNetDecoder", "AxisAlignedGaussianNet", "FComb", "ProbabilisticUNet", "reparameterise"]
 
@@ -114,7 +114,7 @@ class UNetDecoder(nn.Module):
             skip = feats[i]
             block: _TensorModule = self.blocks[i]  # an interface type lets TorchScript index by a variable
             x = F.interpolate(x, size=[skip.shape[-2], skip.shape[-1]], mode="bilinear", align_corners=False)
-            x = block.forward(torch.cat([x, skip], dim=1))
+            x = block.forward(torch.cat([dense_gradient(x), skip], dim=1))  # (upsampling's backward wants it dense)
         return x
 
 
