@@ -279,3 +279,18 @@ def test_instance_norm_keeps_the_layout_and_the_values(channels_last):
     net = _net(norm="INSTANCE", channels_last=True).eval()
     feats = net.prob_unet.encoder(torch.rand(1, 1, 32, 32).to(memory_format=torch.channels_last))
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtype_aware_relu_is_in_place_for_float32_only(dtype):
+    from scripts.networks.blocks import DtypeAwareReLU, activation, conv_block
+
+    x = torch.randn(3, 4, 5, 6, dtype=dtype)
+    expected = torch.relu(x)
+    y = DtypeAwareReLU(inplace=True)(x)
+    assert torch.equal(y, expected)
+    assert (y.data_ptr() == x.data_ptr()) == (dtype == torch.float32)
+    assert type(activation(("RELU", {"inplace": True}))) is DtypeAwareReLU
+    assert type(activation("RELU")) is torch.nn.ReLU  # out of place already: left as MONAI builds it
+    assert type(activation("PRELU")) is torch.nn.PReLU
+    assert all(type(layer.adn.A) is DtypeAwareReLU for layer in conv_block(2, 4))

@@ -19,10 +19,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Act, split_args
 from torch.distributions import Independent, Normal, kl_divergence
 
-from scripts.networks.blocks import DEFAULT_ACT, conv_block, dense_gradient
+from scripts.networks.blocks import DEFAULT_ACT, activation, conv_block, dense_gradient
 
 __all__ = ["UNetEncoder", "UNetDecoder", "AxisAlignedGaussianNet", "FComb", "ProbabilisticUNet", "reparameterise"]
 
@@ -197,14 +196,13 @@ class FComb(nn.Module):
         super().__init__()
         if num_layers < 2:
             raise ValueError(f"FComb needs num_layers >= 2, got {num_layers}")
-        act_name, act_args = split_args(act)
         self.out_channels = out_channels
         self.feature_proj = nn.Conv2d(feature_channels, feature_channels, kernel_size=1, bias=False)
         self.latent_proj = nn.Linear(latent_dim, feature_channels)
-        self.act = Act[act_name](**act_args)
+        self.act = activation(act)
         layers: List[nn.Module] = []
         for _ in range(num_layers - 2):
-            layers += [nn.Conv2d(feature_channels, feature_channels, kernel_size=1), Act[act_name](**act_args)]
+            layers += [nn.Conv2d(feature_channels, feature_channels, kernel_size=1), activation(act)]
         layers.append(nn.Conv2d(feature_channels, out_channels, kernel_size=1))
         self.layers = nn.Sequential(*layers)
 
