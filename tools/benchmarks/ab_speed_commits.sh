@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}; OUT=$(realpath -m "${2:-runs/ab_speed}"); BEFORE=${3:-77fcd98}
-PY=$(realpath .venv/bin/python)
+PY="$PWD/.venv/bin/python"   # not realpath: the venv link must stay unresolved
 WT=$(mktemp -d)/before
 git worktree add --detach "$WT" "$BEFORE" >/dev/null
 trap 'git worktree remove --force "$WT"' EXIT
