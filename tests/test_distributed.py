@@ -1,7 +1,8 @@
 """Data-parallel training with torchrun and ``configs/multi_gpu_train.yaml``, on the CPU: gloo, 2 processes, one node.
 
 - two ranks with batch 2 train like one process with batch 4 (the same global batch and sample
-  order): the same epoch losses, learned loss weights and final weights; outputs (checkpoints,
+  order): every rank holds the same weights after every epoch, the first epoch's losses agree to
+  1e-6 and later epochs within rounding grown by the steps (5 %); outputs (checkpoints,
   ``model.pt``, the MLflow run) are written once, by rank 0, and ``model.pt`` is the plain
   network's state dict that inference loads;
 - a rank killed mid-training stops the whole job (torchrun exits non-zero, no hang), and the rerun
@@ -28,7 +29,7 @@ from conftest import TINY_OVERRIDES, bundle_env, cli_args, free_port, run_bundle
 
 from scripts import BUNDLE_ROOT
 from scripts.data.prepare import prepare_dataset
-from training_probes import read_epoch_metrics
+from training_probes import read_epoch_metrics, read_parameter_sums
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -95,7 +96,8 @@ def test_two_ranks_train_like_one_process_with_the_global_batch_and_write_once(p
     # batch reductions and of the gradient all-reduce.
     probes = tmp_path / "probes.yaml"
     probes.write_text("+imports:\n  - $import training_probes\n+initialize:\n  - $training_probes.patch_random_draws()\n"
-                      "  - $training_probes.print_epoch_metrics(@train#trainer, @validate#evaluator)\n")
+                      "  - $training_probes.print_epoch_metrics(@train#trainer, @validate#evaluator)\n"
+                      "  - $training_probes.print_parameter_sums(@train#trainer, @network, @loss)\n")
     same_order = tmp_path / "one_process_order.yaml"
     same_order.write_text("train#dataloader#shuffle: false\ntrain#dataloader#sampler: \"$monai.data.DistributedSampler("
                           "@train#dataset, num_replicas=1, rank=0, shuffle=True, seed=@seed)\"\n")
@@ -137,29 +139,33 @@ def test_two_ranks_train_like_one_process_with_the_global_batch_and_write_once(p
     assert _history(ddp / "eval", "train_epoch_loss") == [(e, pytest.approx(ddp_metrics[e]["train_epoch_loss"]))
                                                           for e in (1, 2, 3)]
 
-    # The same training. Tolerances: epoch 1 (one step on the initial weights, one after the first
-    # update) absolute 1e-6; epochs 2-3 absolute 2e-4 on every training epoch mean (the losses are
-    # 0.02-2.3, the learned loss weights about 1); the validation SAD after epoch 3 (each rank
-    # predicts half of the cases, the metric gathers all) relative 3e-3. Measured on the 2-core CPU:
-    # at most 6e-8 in epoch 1, 6e-6 in epoch 2 and 6e-5 in epoch 3 (the gradient term, which is the
-    # most sensitive to the weights; the total loss 3e-5), 5e-4 relative on the SAD. That is the
-    # float32 summation order of the batch reductions and of the all-reduce, grown by the steps: Adam
-    # divides each gradient element by its running RMS, so an element whose gradient is zero up to
-    # rounding (a convolution bias before instance normalisation, for one) takes learning-rate sized
-    # steps of random sign -- two correct runs end with weights up to ~lr x steps apart, which is why
-    # the weights are not compared element by element. Measured for contrast: without gradient
-    # averaging (each rank steps with its own half-batch's gradient, same initial weights) epoch 2's
-    # loss differs by 2e-2, 100 x the tolerance; with each rank's own initial weights epoch 1's by 1.5.
+    # Every rank holds the same weights (network and learned loss weights) after every epoch, to the
+    # last bit: the gradients are averaged at every step (each rank stepping with its own half-batch's
+    # gradient would move the ranks apart from the first step).
+    sums = [read_parameter_sums(logs[rank]) for rank in (0, 1)]
+    assert sorted(sums[0]) == [1, 2, 3] and sums[0] == sums[1]
+    # The same training as one process. Epoch 1 (one step on the initial weights, one after the
+    # first averaged update) agrees to 1e-6 absolute (measured: at most 6e-8). Later epochs are only
+    # compared loosely: a batch of 4 and two batches of 2 round differently, and in this tiny network
+    # the difference grows ~10x per Adam step (an element whose gradient is zero up to rounding, a
+    # convolution bias before instance normalisation for one, takes learning-rate sized steps of
+    # random sign). Measured in one process with the same initial weights, batch 4 against two
+    # averaged halves, 6 Adam steps on two batches of tools.benchmarks.training_speed's phantom images:
+    # loss differences 0 / 2e-7 / 3e-6 / 1e-5 / 2e-4 / 2e-4 at commit f923a1c, 0 / 0 / 0 / 2e-5 / 1e-4
+    # / 4e-4 at 60a1268 (whose faster kernels round differently). This test's epoch 2 differed by 6e-6
+    # at f923a1c (tolerance then 2e-4) and by 5e-2 at 60a1268, with every rank in sync. Measured for
+    # contrast earlier: without gradient averaging epoch 2's loss differed by 2e-2, and with each
+    # rank's own initial weights epoch 1's by 1.5.
     train = [name for name in one_metrics[1] if name.startswith("train_")]
     assert len(train) == 9
     assert {k: ddp_metrics[1][k] for k in train} == pytest.approx({k: one_metrics[1][k] for k in train}, rel=0, abs=1e-6)
     for epoch in (2, 3):
         assert {k: ddp_metrics[epoch][k] for k in train} == pytest.approx(
-            {k: one_metrics[epoch][k] for k in train}, rel=0, abs=2e-4), epoch
-    assert ddp_metrics[3]["val_sad_unknown"] == pytest.approx(one_metrics[3]["val_sad_unknown"], rel=3e-3)
+            {k: one_metrics[epoch][k] for k in train}, rel=0.05, abs=1e-3), epoch
+    assert ddp_metrics[3]["val_sad_unknown"] == pytest.approx(one_metrics[3]["val_sad_unknown"], rel=0.05)
     assert ddp_ckpt["loss"]["log_var_seg"] != 0.0 and ddp_ckpt["loss"]["log_var_mat"] != 0.0  # learned
-    for key in ("log_var_seg", "log_var_mat"):  # the loss's own parameters are averaged too
-        assert float(ddp_ckpt["loss"][key]) == pytest.approx(float(one_ckpt["loss"][key]), abs=1e-6), key
+    for key in ("log_var_seg", "log_var_mat"):  # the loss's own parameters train like in one process
+        assert float(ddp_ckpt["loss"][key]) == pytest.approx(float(one_ckpt["loss"][key]), rel=0.05, abs=1e-3), key
 
     # model.pt is the plain network's state dict, served like a one-process model
     from scripts.workflows.inference import load_trained_network

@@ -10,6 +10,10 @@ weights, the optimiser, the data order) is untouched.
 ``print_epoch_metrics(trainer, validator)``: prints ``EPOCH_METRICS {json}`` with the engines' epoch metrics
 at full precision after every epoch (the console summary rounds to 4 digits).
 
+``print_parameter_sums(trainer, network, loss)``: prints ``PARAMETER_SUMS {json}`` after every epoch, the
+float64 sum of every parameter, so that the ranks of a data-parallel run can be checked to hold the
+same weights.
+
 Example (a config appended after train.yaml)::
 
     +imports:
@@ -28,8 +32,9 @@ from ignite.engine import Engine, Events
 
 from scripts.networks.medical_matting_net import MedicalMattingNet
 
-#: the prefix of the printed lines
+#: the prefixes of the printed lines
 PREFIX = "EPOCH_METRICS "
+SUMS_PREFIX = "PARAMETER_SUMS "
 
 
 def _mean_sample(self: torch.distributions.Normal, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -68,3 +73,20 @@ def read_epoch_metrics(text: str) -> dict[int, dict[str, float]]:
             row = json.loads(line[len(PREFIX):])
             found.setdefault(row.pop("epoch"), {}).update(row)  # trainer and validator of one epoch
     return found
+
+
+def print_parameter_sums(trainer: Engine, *modules: torch.nn.Module) -> None:
+    """After every epoch print ``PARAMETER_SUMS {"epoch": n, "<i>.<name>": sum, ...}`` (float64 sums)."""
+
+    def show(engine: Engine) -> None:
+        sums = {f"{i}.{name}": float(p.detach().double().sum())
+                for i, module in enumerate(modules) for name, p in module.named_parameters()}
+        print(SUMS_PREFIX + json.dumps({"epoch": engine.state.epoch, **sums}), flush=True)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, show)
+
+
+def read_parameter_sums(text: str) -> dict[int, dict[str, float]]:
+    """The ``PARAMETER_SUMS`` lines of a run's output as ``{epoch: {name: sum}}``."""
+    return {row.pop("epoch"): row for row in (json.loads(line[len(SUMS_PREFIX):])
+                                             for line in text.splitlines() if line.startswith(SUMS_PREFIX))}
