@@ -287,25 +287,25 @@ class RegionAwareImplicitUpsampler(nn.Module):
         b, c, kk = feat.shape[0], self.in_channels, self.kernel_size * self.kernel_size
         hq, wq = query.shape[0], query.shape[1]
         first, second = self.mlp[0], self.mlp[2]
-        rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units (small: 2 values per code)
         if self.hidden_channels <= c and not self.area_weighting and not torch.jit.is_scripting() and torch.is_grad_enabled():
-            # training: the same sum with a leaner backward (see _ReluSumOverCodes)
-            hidden = self._relu_sum_first_layer(feat, query, pos)
-            return F.conv2d(hidden.to(second.weight.dtype), second.weight.contiguous(), None if second.bias is None else second.bias * kk)
-        if self.hidden_channels <= c:  # project, then sample the (narrower) hidden features
-            hidden = self._sample_first_layer(feat, query, pos)  # (B, hidden, K, Hq, Wq)
-        else:  # sample the codes, then the first layer on [z_i, x_q - x_i]
-            rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
-            hidden = F.conv2d(torch.cat([self._sample(feat, pos), rel_map], dim=1), first.weight, first.bias)
-            hidden = hidden.view(b, -1, kk, hq, wq)
-        hidden = F.relu(hidden, inplace=True)  # (B, hidden, K, Hq, Wq)
-        bias = second.bias
-        if self.area_weighting:
-            hidden = (hidden * self._ensemble_weights(rel).to(hidden.dtype).unsqueeze(1)).sum(dim=2)  # weights sum to 1
+            # training: the ReLU and the sum over the codes with a leaner backward (see _ReluSumOverCodes)
+            hidden = self._relu_sum_first_layer(feat, query, pos)  # (B, hidden, Hq, Wq)
         else:
-            hidden = hidden.sum(dim=2)
-            if bias is not None:  # the second layer's bias, once per summed code
-                bias = bias * kk
+            rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
+            if self.hidden_channels <= c:  # project, then sample the (narrower) hidden features
+                hidden = self._sample_first_layer(feat, query, pos)  # (B, hidden, K, Hq, Wq)
+            else:  # sample the codes, then the first layer on [z_i, x_q - x_i]
+                rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
+                hidden = F.conv2d(torch.cat([self._sample(feat, pos), rel_map], dim=1), first.weight, first.bias)
+                hidden = hidden.view(b, -1, kk, hq, wq)
+            hidden = F.relu(hidden, inplace=True)  # (B, hidden, K, Hq, Wq)
+            if self.area_weighting:  # weights sum to 1
+                hidden = (hidden * self._ensemble_weights(rel).to(hidden.dtype).unsqueeze(1)).sum(dim=2)
+            else:
+                hidden = hidden.sum(dim=2)
+        bias = second.bias
+        if bias is not None and not self.area_weighting:  # the second layer's bias, once per summed code
+            bias = bias * kk
         # contiguous like ``hidden``; under autocast the convolution casts, else the weight's dtype
         return F.conv2d(hidden.to(second.weight.dtype), second.weight.contiguous(), bias)
 
