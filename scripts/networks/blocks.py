@@ -21,6 +21,11 @@ __all__ = ["DEFAULT_ACT", "DtypeAwareReLU", "LayoutKeepingInstanceNorm2d", "acti
 DEFAULT_ACT = ("RELU", {"inplace": True})
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """``x`` is dense in the channels-last layout and not also in NCHW (where both hold, e.g. one channel)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class LayoutKeepingInstanceNorm2d(nn.InstanceNorm2d):
     """``torch.nn.InstanceNorm2d`` whose output has the memory layout of its input.
 
@@ -43,7 +48,7 @@ class LayoutKeepingInstanceNorm2d(nn.InstanceNorm2d):
             input, self.running_mean, self.running_var, self.weight, self.bias,
             self.training or not self.track_running_stats, self.momentum if self.momentum is not None else 0.0, self.eps,
         )
-        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        if _is_channels_last(input):
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
@@ -89,7 +94,7 @@ class _DenseGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.channels_last = _is_channels_last(x)
         return x.view_as(x)
 
     @staticmethod
