@@ -255,30 +255,80 @@ def test_prediction_settings_may_differ_and_the_loading_network_keeps_its_own():
     assert other.num_samples == 5 and other.test_time_flips == "hv"
 
 
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_instance_norm_keeps_the_layout_and_the_values(channels_last):
+def test_instance_norm_keeps_the_layout_and_the_values(channels_last, batch, affine):
     """The U-Nets' instance normalisation returns its input's layout (PyTorch's returns NCHW) with
     the values and gradients of ``nn.InstanceNorm2d``; a channels-last model stays channels-last."""
     from scripts.networks.blocks import LayoutKeepingInstanceNorm2d, conv_block
 
     torch.manual_seed(0)
-    x = torch.randn(2, 6, 9, 7)
+    x = torch.randn(batch, 6, 9, 7) * 3 + torch.arange(6.0).view(1, 6, 1, 1)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    ours, ref = LayoutKeepingInstanceNorm2d(6), torch.nn.InstanceNorm2d(6)
-    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours, ref = LayoutKeepingInstanceNorm2d(6, affine=affine), torch.nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 2.0)
+            ref.bias.uniform_(-1.0, 1.0)
+        ours.load_state_dict(ref.state_dict())
+    # the reference runs on NCHW: PyTorch 2.13's instance norm gets the input gradient of a batch of one
+    # image wrong when the input or the upstream gradient is channels-last (errors ~2; see the next test)
+    a, b = x.clone().requires_grad_(True), x.contiguous().requires_grad_(True)
     ya, yb = ours(a), ref(b)
-    assert torch.equal(ya, yb)
+    # channels-last inputs are normalised image by image on their own layout: another reduction order
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-5)
     assert ya.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    weight = torch.randn_like(ya)
-    (ya * weight).sum().backward()
+    weight = torch.randn(ya.shape)  # NCHW: the reference's gradient is right for this layout only
+    (ya * weight.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)).sum().backward()
     (yb * weight).sum().backward()
-    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
+    if affine:
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    # bfloat16 (the training pass): the same values as PyTorch's kernel
+    xb = x.bfloat16()
+    torch.testing.assert_close(ours(xb).float(), ref(xb).float(), rtol=0, atol=2e-2)
     block = conv_block(3, 6, norm="INSTANCE")
     assert all(type(layer.adn.N) is LayoutKeepingInstanceNorm2d for layer in block)
     net = _net(norm="INSTANCE", channels_last=True).eval()
     feats = net.prob_unet.encoder(torch.rand(1, 1, 32, 32).to(memory_format=torch.channels_last))
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_instance_norm_gradient_of_a_channels_last_batch_matches_the_formula(batch):
+    """Regression: up to metadata 0.5.1 the layout-keeping norm called ``F.instance_norm`` on the
+    channels-last input, whose input gradient is wrong for a batch of one image (PyTorch 2.13, CPU) -
+    the last, one-image batch of an epoch of 29 training images. Checked against the float64
+    formula of instance normalisation's gradient."""
+    from scripts.networks.blocks import LayoutKeepingInstanceNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 16, 12, 10) * 3 + 1
+    upstream = torch.randn_like(x)
+    ref_x = x.double().requires_grad_(True)
+    mean = ref_x.mean((2, 3), keepdim=True)
+    var = ref_x.var((2, 3), unbiased=False, keepdim=True)
+    ((ref_x - mean) / torch.sqrt(var + 1e-5)).backward(upstream.double())
+    a = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    LayoutKeepingInstanceNorm2d(16)(a).backward(upstream.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(a.grad, ref_x.grad.float(), rtol=0, atol=1e-5)
+
+
+def test_instance_norm_with_running_statistics_takes_pytorchs_path():
+    """``track_running_stats`` (not used by the model): the running averages are PyTorch's."""
+    from scripts.networks.blocks import LayoutKeepingInstanceNorm2d
+
+    torch.manual_seed(0)
+    x = (torch.randn(3, 4, 8, 8) + 2).to(memory_format=torch.channels_last)
+    ours = LayoutKeepingInstanceNorm2d(4, track_running_stats=True)
+    ref = torch.nn.InstanceNorm2d(4, track_running_stats=True)
+    torch.testing.assert_close(ours(x), ref(x))
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
