@@ -88,7 +88,11 @@ def test_instance_norm_layouts_checks_gradients_and_times_both_norms(tmp_path):
     from tools.benchmarks import instance_norm_layouts
 
     out = tmp_path / "norm.json"
-    result = instance_norm_layouts.main(["--small", "--rounds", "2", "--reps", "1", "--json", str(out)])
+    threads = torch.get_num_threads()
+    result = instance_norm_layouts.main(["--small", "--rounds", "2", "--reps", "1", "--threads", str(threads + 1),
+                                         "--json", str(out)])
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
+    assert result["threads"] == threads + 1
     errors = result["gradient_max_abs_error"]
     assert errors["batch=1"]["per_image"] < 1e-5 and errors["batch=4"]["per_image"] < 1e-5
     assert errors["batch=4"]["pytorch"] < 1e-5

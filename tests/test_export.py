@@ -150,6 +150,7 @@ def test_scripted_model_names_a_num_samples_it_was_not_exported_with():
 
 _LOAD_AND_RUN = r"""
 import sys, torch
+torch.set_num_threads(int(sys.argv[4]))  # the test process's: float rounding of the reductions depends on it
 model = torch.jit.load(sys.argv[1])
 inputs = torch.load(sys.argv[2], weights_only=True)
 out = {"alpha": [model(x) for x in inputs], "predict": [model.predict(x) for x in inputs],
@@ -165,7 +166,7 @@ def test_ckpt_export_loads_without_the_bundle_code_and_equals_eager(tiny_torchsc
     torch.save(inputs, tmp_path / "inputs.pt")
     # -I: isolated mode, the bundle root is not on sys.path; cwd elsewhere: `import scripts` cannot succeed
     result = subprocess.run([sys.executable, "-I", "-c", _LOAD_AND_RUN, str(ts), str(tmp_path / "inputs.pt"),
-                             str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "out.pt"), str(torch.get_num_threads())], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     with torch.no_grad():

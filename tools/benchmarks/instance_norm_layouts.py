@@ -112,17 +112,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--small", action="store_true", help="small blocks (a quick check, not a measurement)")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    blocks = [(2, 4, 8, 16), (2, 8, 16, 8)] if args.small else BLOCKS
-    before = provenance.load_average()
-    result = {
-        "gradient_max_abs_error": gradient_errors(),
-        "blocks": time_blocks(blocks, rounds=args.rounds, reps=args.reps),
-        "threads": args.threads,
-        "machine": provenance.machine_info(),
-        "load_average_before": before,
-        "load_average_after": provenance.load_average(),
-    }
+    try:
+        blocks = [(2, 4, 8, 16), (2, 8, 16, 8)] if args.small else BLOCKS
+        before = provenance.load_average()
+        result = {
+            "gradient_max_abs_error": gradient_errors(),
+            "blocks": time_blocks(blocks, rounds=args.rounds, reps=args.reps),
+            "threads": args.threads,
+            "machine": provenance.machine_info(),
+            "load_average_before": before,
+            "load_average_after": provenance.load_average(),
+        }
+    finally:  # the caller's setting (a test process goes on with it)
+        torch.set_num_threads(threads_before)
     for key, row in result["gradient_max_abs_error"].items():
         print(f"input gradient, {key}, channels-last: max abs error pytorch {row['pytorch']:.2e}, per_image {row['per_image']:.2e}")
     print("| block (B, C_in, C, size) | pytorch + copy (ms) | per image (ms) | ratio |")
