@@ -3,6 +3,7 @@
 # in a worktree of its own, separate 1-thread processes run one after the other, ROUNDS rounds
 # (tools.benchmarks.training_speed; phantom images, batch 4 of 128 x 128, 12 timed steps after 3 warm-up).
 # Usage: bash tools/benchmarks/ab_commits.sh ROUNDS OUT COMMIT_A COMMIT_B [COMMIT_C ...]   (an idle machine)
+# AB_EXTRA_ARGS (environment) adds training_speed arguments to every run, e.g. AB_EXTRA_ARGS="--batch 1".
 # Writes OUT/<commit>_<round>.json and OUT/summary.json (medians per round, ratios to COMMIT_A).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +19,7 @@ for c in "$@"; do
 done
 trap 'for d in "${DIRS[@]}"; do git worktree remove --force "$d"; done; rm -rf "$TMP"' EXIT
 mkdir -p "$OUT"
-ARGS="--threads 1 --iterations 12 --warmup 3 --skip_flops --inference_runs 10 --reference_runs 0 --augment_images 0"
+ARGS="--threads 1 --iterations 12 --warmup 3 --skip_flops --inference_runs 10 --reference_runs 0 --augment_images 0 ${AB_EXTRA_ARGS:-}"
 for r in $(seq 1 "$ROUNDS"); do
     for i in "${!COMMITS[@]}"; do
         (cd "${DIRS[$i]}" && OMP_NUM_THREADS=1 "$PY" -m tools.benchmarks.training_speed $ARGS \
@@ -26,10 +27,10 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 "$PY" - "$OUT" "$ROUNDS" "${COMMITS[@]}" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 out, rounds, commits = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 runs = {c: [json.load(open(f"{out}/{c}_{r}.json")) for r in range(1, rounds + 1)] for c in commits}
-summary = {"commits": commits, "rounds": rounds, "threads": 1, "variants": {}}
+summary = {"commits": commits, "rounds": rounds, "threads": 1, "extra_args": os.environ.get("AB_EXTRA_ARGS", ""), "variants": {}}
 for c in commits:
     summary["variants"][c] = {
         "step_wall_median_s": [x["training"]["step_wall_median_s"] for x in runs[c]],

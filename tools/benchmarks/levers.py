@@ -76,6 +76,8 @@ LEVERS: Dict[str, tuple] = {
     "matting_filters=8/16/32/64": (_v(), _v({"matting_filters": [8, 16, 32, 64]})),
     "latent_filters=8/16/32/48": (_v(), _v({"network_def#latent_filters": [8, 16, 32, 48]})),
     "norm=none": (_v(), _v({"norm": None})),
+    "fused_adam": (_v({"optimizer#fused": False}), _v({"optimizer#fused": True})),
+    "fused_adam+batch_size=1": (_v({"batch_size": 1, "optimizer#fused": False}), _v({"batch_size": 1, "optimizer#fused": True})),
     "recommended": (_v(), _v(RECOMMENDED)),
     "recommended+bf16": (_v(RECOMMENDED), _v(RECOMMENDED, bf16=True)),
     "small": (_v(), _v(SMALL)),

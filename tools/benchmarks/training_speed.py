@@ -103,7 +103,7 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
 
     Returns:
         dict with ``network``, ``loss``, ``augment`` (kwargs of ``matting_augment_transforms``),
-        ``batch_size``, ``learning_rate``, ``pseudo_gt``, ``in_channels``, ``num_samples`` and
+        ``batch_size``, ``learning_rate``, ``optimizer_args`` (Adam's other config arguments), ``pseudo_gt``, ``in_channels``, ``num_samples`` and
         ``network_args`` (the resolved ``network_def`` arguments).
 
     Example::
@@ -139,6 +139,8 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
         },
         "batch_size": int(get("batch_size")),
         "learning_rate": float(get("learning_rate")),
+        # the optimiser's other arguments (e.g. ``fused``), as the config passes them to Adam
+        "optimizer_args": {k: get(f"optimizer#{k}") for k in parser.get("optimizer") if k not in ("_target_", "params", "lr")},
         "pseudo_gt": str(get("pseudo_gt")),
         "cpu_bf16": get("cpu_bf16"),  # MattingTrainer reads it (true / false, also as strings)
         "in_channels": int(get("in_channels")),
@@ -226,7 +228,8 @@ def make_trainer(parts: dict, batches: List[dict], seed: int = 0):
     from scripts.workflows.engines import MattingTrainer, loss_averages
 
     network, loss = parts["network"], parts["loss"]
-    optimizer = torch.optim.Adam(list(network.parameters()) + list(loss.parameters()), lr=parts["learning_rate"])
+    optimizer = torch.optim.Adam(list(network.parameters()) + list(loss.parameters()), lr=parts["learning_rate"],
+                                 **parts.get("optimizer_args", {}))
     trainer = MattingTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
