@@ -297,6 +297,27 @@ def test_instance_norm_keeps_the_layout_and_the_values(channels_last, batch, aff
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
 
 
+def test_every_layer_of_the_bundle_network_keeps_the_layout():
+    """Every instance norm of the bundle's network (configs/train.yaml) is the layout-keeping one and
+    every in-place ReLU of a conv -> norm -> act layer the dtype-aware one. Up to metadata 0.5.2 the Matting U-Net's output block
+    was built apart from ``conv_block`` and kept PyTorch's instance norm (NCHW copies forward and
+    backward) and in-place bfloat16 ReLU."""
+    from monai.bundle import ConfigParser
+
+    from scripts.networks.blocks import DtypeAwareReLU, LayoutKeepingInstanceNorm2d
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
+    net = parser.get_parsed_content("network_def")
+    norms = [(n, type(m)) for n, m in net.named_modules() if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)]
+    relus = [(n, type(m)) for n, m in net.named_modules() if isinstance(m, torch.nn.ReLU) and m.inplace and ".adn." in f"{n}."]
+    assert norms and all(t is LayoutKeepingInstanceNorm2d for _, t in norms), [n for n, t in norms if t is not LayoutKeepingInstanceNorm2d]
+    assert relus and all(t is DtypeAwareReLU for _, t in relus), [n for n, t in relus if t is not DtypeAwareReLU]
+    layer = net.matting_unet.output_block[0]
+    x = torch.rand(1, layer.conv.in_channels, 16, 16).to(memory_format=torch.channels_last)
+    assert layer(x).is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_instance_norm_gradient_of_a_channels_last_batch_matches_the_formula(batch):
     """Regression: up to metadata 0.5.1 the layout-keeping norm called ``F.instance_norm`` on the

@@ -219,8 +219,8 @@ class MattingUNet(nn.Module):
         self.up2 = upsampler(f2, f1, implicit=scales >= 2)  # -> output grid (scales >= 2) or input grid
         self.prop1 = conv_block(2 * f1 + 1, f1, convs_per_block, act, norm)  # [F1; M23; U]
         self.up1 = upsampler(f1, f1, implicit=True) if scales == 1 else None  # -> output grid
-        self.output_block = nn.Sequential(
-            Convolution(2, f1, f1, kernel_size=3, act=act, norm=norm),
+        self.output_block = nn.Sequential(  # conv -> norm -> act (the U-Nets' layer), then the matte's logit
+            *conv_block(f1, f1, 1, act, norm),
             Convolution(2, f1, 1, kernel_size=3, conv_only=True),
         )
 
