@@ -7,7 +7,9 @@ import json
 
 import pytest
 import torch
+import yaml
 
+from scripts import BUNDLE_ROOT
 from tools.benchmarks import levers, training_speed
 
 
@@ -31,7 +33,14 @@ def test_build_from_config_applies_overrides(tiny):
     parts = training_speed.build_from_config(overrides=tiny)
     net = parts["network"]
     assert net.num_samples == 2 and parts["network_args"]["implicit_hidden"] == 8
-    assert parts["batch_size"] == 4 and parts["augment"]["deform_prob"] == 0.5
+    config = yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())
+    assert parts["batch_size"] == config["batch_size"] and parts["augment"]["deform_prob"] == config["deform_prob"]
+    # Adam's other arguments come from the config, and the benchmark's trainer uses them
+    assert parts["optimizer_args"] == {k: v for k, v in config["optimizer"].items() if k not in ("_target_", "params", "lr")}
+    trainer, _ = training_speed.make_trainer(parts, training_speed.synthetic_batches(1, 1))
+    assert trainer.optimizer.defaults["fused"] is config["optimizer"].get("fused", None)
+    parts = training_speed.build_from_config(overrides={**tiny, "optimizer#fused": False})
+    assert training_speed.make_trainer(parts, training_speed.synthetic_batches(1, 1))[0].optimizer.defaults["fused"] is False
 
 
 @pytest.mark.timeout(300)
