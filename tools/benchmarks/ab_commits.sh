@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Interleaved A/B(/C...) of commits: the training step and `predict` of the default config, each commit
 # in a worktree of its own, separate 1-thread processes run one after the other, ROUNDS rounds
-# (tools.benchmarks.training_speed; phantom images, batch 4 of 128 x 128, 12 timed steps after 3 warm-up).
+# (tools.benchmarks.training_speed; phantom images of 128 x 128 in batches of the config's batch_size (1 since metadata 0.6.0;
+# 4 before), 12 timed steps after 3 warm-up).
 # Usage: bash tools/benchmarks/ab_commits.sh ROUNDS OUT COMMIT_A COMMIT_B [COMMIT_C ...]   (an idle machine)
-# AB_EXTRA_ARGS (environment) adds training_speed arguments to every run, e.g. AB_EXTRA_ARGS="--batch 1".
+# AB_EXTRA_ARGS (environment) adds training_speed arguments to every run, e.g. AB_EXTRA_ARGS="--batch 4".
 # Writes OUT/<commit>_<round>.json and OUT/summary.json (medians per round, ratios to COMMIT_A).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
