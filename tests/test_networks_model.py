@@ -297,6 +297,65 @@ def test_instance_norm_keeps_the_layout_and_the_values(channels_last, batch, aff
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_convolution_of_the_training_pass_gets_a_channels_last_input(batch):
+    """In the bfloat16 training pass of the bundle network (configs/train.yaml), every convolution of
+    more than two input channels gets a channels-last input. Up to metadata 0.6.0 the concatenations
+    before the U-Net decoders' and the propagation units' convolutions came out NCHW (a one-channel
+    uncertainty map among the inputs, or, at batch 1, an upsampled map with a non-canonical batch
+    stride), so each convolution copied its input to channels-last, and its backward again."""
+    from monai.bundle import ConfigParser
+
+    from scripts.workflows.engines import forward_train
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
+    net = parser.get_parsed_content("network_def").train()
+    seen = []
+
+    def check(module, inputs, name=""):
+        x = inputs[0]
+        if x.shape[1] > 2:
+            seen.append((name, x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_pre_hook(lambda m, i, name=name: check(m, i, name))
+    torch.manual_seed(0)
+    image, target = torch.rand(batch, 1, 32, 32), (torch.rand(batch, 1, 32, 32) > 0.5).float()
+    forward_train(net, image.to(memory_format=torch.channels_last), target, True)
+    names = {n for n, _, _ in seen}
+    assert {"prob_unet.decoder.blocks.0.0.conv", "matting_unet.encoder.blocks.0.0.conv", "matting_unet.prop1.0.conv"} <= names
+    assert [n for n, _, cl in seen if not cl] == []
+    assert [n for n, dtype, _ in seen if dtype != torch.bfloat16] == []  # the image joins the features in their dtype
+
+
+def test_concat_channels_is_torch_cat_in_the_channels_last_layout():
+    """Values, dtype and gradients of ``torch.cat(dim=1)``; channels-last when an input is, NCHW otherwise."""
+    from scripts.networks.blocks import concat_channels
+
+    torch.manual_seed(0)
+    up = torch.nn.functional.interpolate(torch.rand(1, 4, 4, 5).to(memory_format=torch.channels_last), size=[8, 10],
+                                         mode="bilinear", align_corners=False)  # batch 1: non-canonical batch stride
+    parts = [up, torch.rand(1, 3, 8, 10).to(memory_format=torch.channels_last), torch.rand(1, 1, 8, 10).double()]
+    ours_in = [t.clone().requires_grad_(True) for t in parts]
+    ref_in = [t.clone().requires_grad_(True) for t in parts]
+    ours, ref = concat_channels(ours_in), torch.cat(ref_in, dim=1)
+    assert not ref.is_contiguous(memory_format=torch.channels_last)  # what torch.cat does with these inputs
+    assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == ref.dtype == torch.float64
+    assert torch.equal(ours, ref)
+    weight = torch.randn(ref.shape, dtype=torch.float64)
+    (ours * weight).sum().backward()
+    (ref * weight).sum().backward()
+    for a, b in zip(ours_in, ref_in):
+        assert a.grad.dtype == b.grad.dtype and torch.equal(a.grad, b.grad)
+    nchw = [torch.rand(2, 3, 4, 4), torch.rand(2, 1, 4, 4)]
+    out = concat_channels(nchw)
+    assert out.is_contiguous() and torch.equal(out, torch.cat(nchw, dim=1))
+    scripted = torch.jit.script(concat_channels)  # TorchScript export takes torch.cat
+    assert torch.equal(scripted(nchw), out)
+
+
 def test_every_layer_of_the_bundle_network_keeps_the_layout():
     """Every instance norm of the bundle's network (configs/train.yaml) is the layout-keeping one and
     every in-place ReLU of a conv -> norm -> act layer the dtype-aware one. Up to metadata 0.5.2 the Matting U-Net's output block

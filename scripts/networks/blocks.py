@@ -7,7 +7,8 @@ instance normalisation that keeps a channels-last layout (:class:`LayoutKeepingI
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from functools import reduce
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_act_layer
 
-__all__ = ["DEFAULT_ACT", "DtypeAwareReLU", "LayoutKeepingInstanceNorm2d", "activation", "conv_block", "dense_gradient"]
+__all__ = [
+    "DEFAULT_ACT", "DtypeAwareReLU", "LayoutKeepingInstanceNorm2d", "activation", "concat_channels", "conv_block", "dense_gradient",
+]
 
 #: ReLU computed in place (the convolution before it does not need its output for backward).
 DEFAULT_ACT = ("RELU", {"inplace": True})
@@ -125,6 +128,57 @@ def dense_gradient(x: torch.Tensor) -> torch.Tensor:
     if torch.jit.is_scripting() or not x.requires_grad:
         return x
     return _dense_gradient_autograd(x)
+
+
+class _ChannelsLastConcat(torch.autograd.Function):
+    """``torch.cat(tensors, dim=1)`` written into a channels-last output; backward as ``torch.cat``'s."""
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> torch.Tensor:
+        ctx.channels = [t.shape[1] for t in tensors]
+        ctx.dtypes = [t.dtype for t in tensors]
+        first = tensors[0]
+        shape = (first.shape[0], sum(ctx.channels), first.shape[2], first.shape[3])
+        dtype = reduce(torch.promote_types, ctx.dtypes)  # torch.cat's type promotion
+        out = torch.empty(shape, dtype=dtype, device=first.device, memory_format=torch.channels_last)
+        return torch.cat(tensors, dim=1, out=out)  # an out of the right size keeps its strides
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return tuple(g.to(dtype) for g, dtype in zip(grad.split(ctx.channels, dim=1), ctx.dtypes))
+
+
+@torch.jit.unused
+def _concat_channels_last(tensors: List[torch.Tensor]) -> torch.Tensor:
+    return _ChannelsLastConcat.apply(*tensors)
+
+
+def concat_channels(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, dim=1)`` of 4-d maps, channels-last when any of them is.
+
+    ``torch.cat`` returns NCHW unless every input *looks* channels-last by its strides, and two kinds
+    of channels-last maps do not: one-channel maps (the image, the uncertainty map), whose strides
+    fit both layouts, and maps of batch 1 from bilinear upsampling, whose batch stride is not the
+    canonical one. The convolution after the concatenation then copied the NCHW result back to
+    channels-last, and its backward copied again (the Prob. U-Net decoder's (1, 96, 128, 128) input
+    alone: ~10 ms of a ~0.27 s batch-1 training step, docs/benchmarks.md). Here the result is
+    written straight into a channels-last tensor when any input is channels-last (the network's
+    layout); otherwise, and in TorchScript, it is ``torch.cat``. Same values, dtype (type
+    promotion) and gradients as ``torch.cat``. Hand-written: ``torch.cat`` has no memory-format
+    argument.
+
+    Args:
+        tensors: (B, C_i, H, W) maps with equal B, H, W.
+
+    Example::
+
+        a = torch.rand(1, 8, 4, 4).to(memory_format=torch.channels_last)
+        u = torch.rand(1, 1, 4, 4)
+        concat_channels([a, u]).is_contiguous(memory_format=torch.channels_last)   # True
+    """
+    if torch.jit.is_scripting() or not any(_is_channels_last(t) for t in tensors):
+        return torch.cat(tensors, dim=1)
+    return _concat_channels_last(tensors)
 
 
 def conv_block(

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-from scripts.networks.blocks import DEFAULT_ACT, conv_block
+from scripts.networks.blocks import DEFAULT_ACT, concat_channels, conv_block
 from scripts.networks.implicit_upsampler import RegionAwareImplicitUpsampler, resize_rows
 from scripts.networks.prob_unet import UNetDecoder, UNetEncoder
 
@@ -235,13 +235,15 @@ class MattingUNet(nn.Module):
 
     def _encode(self, image: torch.Tensor, latent: torch.Tensor, uncertainty: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """F1 (B, f1, H, W) and M23 (B, f2, H/2, W/2): everything computed on the input grid."""
-        feats = self.encoder(torch.cat([image, latent], dim=1))
+        # the image in the features' dtype: under bfloat16 autocast the first convolution would cast the
+        # promoted float32 concatenation anyway (same values), and its gradient back and forth
+        feats = self.encoder(concat_channels([image.to(latent.dtype), latent]))
         f1, f2 = feats[0], feats[1]
         deep_decoder = self.deep_decoder
         f3 = deep_decoder(feats[2:]) if deep_decoder is not None else feats[2]
         f2_size = [f2.shape[-2], f2.shape[-1]]
         m3 = self.up3(f3, f2_size)
-        m23 = self.prop2(torch.cat([f2, m3, _resize(uncertainty, f2_size)], dim=1))
+        m23 = self.prop2(concat_channels([f2, m3, _resize(uncertainty, f2_size)]))
         return f1, m23
 
     @torch.jit.ignore
@@ -280,7 +282,7 @@ class MattingUNet(nn.Module):
         up1 = self.up1
         x_in = None
         if up1 is not None:  # scales=1: everything but the last upsampler runs on the input grid
-            x_in = self.prop1(torch.cat([f1, self.up2(m23, in_size), _resize(uncertainty, in_size)], dim=1))
+            x_in = self.prop1(concat_channels([f1, self.up2(m23, in_size), _resize(uncertainty, in_size)]))
         stages = [up1, self.output_block] if up1 is not None else [self.up2, self.prop1, self.output_block]
         # rows each band reads beyond its own: the reach of the 3x3 convolutions on the output grid
         # (an implicit upsampler decodes exactly the rows it is asked for)
@@ -297,8 +299,8 @@ class MattingUNet(nn.Module):
             if x_in is not None:
                 x = _upsample_rows(up1, x_in, out_size, m0, m1)
             else:
-                x = torch.cat([resize_rows(f1, out_size, m0, m1), _upsample_rows(self.up2, m23, out_size, m0, m1),
-                               resize_rows(uncertainty, out_size, m0, m1)], dim=1)
+                x = concat_channels([resize_rows(f1, out_size, m0, m1), _upsample_rows(self.up2, m23, out_size, m0, m1),
+                                     resize_rows(uncertainty, out_size, m0, m1)])
                 x = self.prop1(x)
             return self.output_block(x)
 
@@ -344,7 +346,7 @@ class MattingUNet(nn.Module):
         up1 = self.up1
         grid1 = in_size if up1 is not None else out_size
         m2 = self.up2(m23, grid1)
-        x = self.prop1(torch.cat([_resize(f1, grid1), m2, _resize(uncertainty, grid1)], dim=1))
+        x = self.prop1(concat_channels([_resize(f1, grid1), m2, _resize(uncertainty, grid1)]))
         if up1 is not None:
             x = up1(x, out_size)
         return torch.sigmoid(self.output_block(x))

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
-from scripts.networks.blocks import DEFAULT_ACT, activation, conv_block, dense_gradient
+from scripts.networks.blocks import DEFAULT_ACT, activation, concat_channels, conv_block, dense_gradient
 
 __all__ = ["UNetEncoder", "UNetDecoder", "AxisAlignedGaussianNet", "FComb", "ProbabilisticUNet", "reparameterise"]
 
@@ -113,7 +113,7 @@ class UNetDecoder(nn.Module):
             skip = feats[i]
             block: _TensorModule = self.blocks[i]  # an interface type lets TorchScript index by a variable
             x = F.interpolate(x, size=[skip.shape[-2], skip.shape[-1]], mode="bilinear", align_corners=False)
-            x = block.forward(torch.cat([dense_gradient(x), skip], dim=1))  # (upsampling's backward wants it dense)
+            x = block.forward(concat_channels([dense_gradient(x), skip]))  # (upsampling's backward wants it dense)
         return x
 
 
