@@ -132,6 +132,8 @@ SCHEDULE_0_5 = (*BATCH_4, "--epochs", "60")
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("no_flips", "recipe", "no test-time flips (evaluation of the default models)",
                overrides=("--test_time_flips", "none"), evaluate_models_of="ours"),
+    Experiment("flips_h", "recipe", "horizontal test-time flip only, 2 views (evaluation of the default models)",
+               overrides=("--test_time_flips", "h"), evaluate_models_of="ours"),
     Experiment("upsampling_bilinear", "table2", "bilinear, 3 scales",
                overrides=(*SCHEDULE_0_5, *HALF_WIDTH_PROB, "--upsampling", "bilinear"), reference="half_width"),
     Experiment("upsampling_local_ensemble", "table2", "local ensemble (LIIF), 3 scales, 2x2",
