@@ -145,7 +145,8 @@ class _ChannelsLastConcat(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return tuple(g.to(dtype) for g, dtype in zip(grad.split(ctx.channels, dim=1), ctx.dtypes))
+        return tuple(g.to(dtype) if needed else None
+                     for g, dtype, needed in zip(grad.split(ctx.channels, dim=1), ctx.dtypes, ctx.needs_input_grad))
 
 
 @torch.jit.unused
