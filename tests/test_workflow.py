@@ -117,7 +117,8 @@ def test_mlflow_run_holds_parameters_and_one_value_per_epoch(trained):
     run = runs[0]
     assert run.info.run_name == "fold0" and run.info.status == "FINISHED"
     assert run.data.params["fold"] == "0" and run.data.params["epochs"] == "3"
-    assert run.data.params["pseudo_gt"] == "rater" and run.data.params["learning_rate"] == "0.0005"
+    learning_rate = yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())["learning_rate"]
+    assert run.data.params["pseudo_gt"] == "rater" and float(run.data.params["learning_rate"]) == learning_rate
     assert run.data.tags["fold"] == "0"
     history = client.get_metric_history(run.info.run_id, "train_epoch_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]

@@ -124,9 +124,12 @@ HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]", "--latent_filters", "[16,3
 #: the prior / posterior encoders at the U-Net's width, as in every row measured before they were halved
 FULL_WIDTH_LATENT = ("--latent_filters", "[32,64,128,192]")
 #: every training row below was measured with the schedule of the defaults up to metadata 0.5.2 (4 images
-#: per step, 60 epochs; the default is one image per step for 50 epochs since 0.6.0): pinned likewise
+#: per step, 60 epochs, learning rate 5e-4; the default is one image per step for 50 epochs since 0.6.0, at
+#: learning rate 3e-4 since 0.6.2): pinned likewise
 BATCH_4 = ("--batch_size", "4")
-SCHEDULE_0_5 = (*BATCH_4, "--epochs", "60")
+LR_5E4 = ("--learning_rate", "5e-4")
+EPOCHS_60 = ("--epochs", "60")
+SCHEDULE_0_5 = (*BATCH_4, *EPOCHS_60, *LR_5E4)
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
@@ -147,11 +150,13 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("kernel_3", "table2", "region-aware, 3 scales, 3x3", overrides=(*SCHEDULE_0_5, *HALF_WIDTH_PROB, "--kernel_size", "3"),
                offsets=True, reference="half_width"),
     Experiment("no_instance_norm", "recipe", "no normalisation, paper learning rate 5e-5",
-               overrides=(*SCHEDULE_0_5, *HALF_WIDTH_PROB, "--norm", "None", "--learning_rate", "5e-5"), reference="half_width"),
+               overrides=(*BATCH_4, *EPOCHS_60, *HALF_WIDTH_PROB, "--norm", "None", "--learning_rate", "5e-5"),
+               reference="half_width"),
     Experiment("full_width_prob", "recipe", "Prob. U-Net and its prior / posterior encoders at Kohl et al.'s width 32-64-128-192 (the 0.4.0 default)",
                overrides=(*SCHEDULE_0_5, "--prob_filters", "[32,64,128,192]", *FULL_WIDTH_LATENT), reference="half_width"),
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
-               overrides=(*BATCH_4, *HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"), reference="half_width"),
+               overrides=(*BATCH_4, *LR_5E4, *HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"),
+               reference="half_width"),
     Experiment("paper_bn", "paper_recipe", "paper recipe + batch normalisation", recipe="paper_bn",
                note="configs/recipes/brain_growth_paper_bn.yaml"),
     Experiment("paper_mm_code", "paper_recipe", "Medical Matting code configuration", recipe="paper_mm_code",
