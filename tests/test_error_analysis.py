@@ -28,6 +28,9 @@ def test_breakdown_splits_sad_by_the_true_alpha_and_finds_a_constant_bias():
     assert rows["sad"] == pytest.approx(compute_sad(pred.clamp(0, 1), alpha, unknown).mean().item())
     assert rows["sad_background"] + rows["sad_transition"] + rows["sad_foreground"] == pytest.approx(rows["sad"])
     assert rows["sad_background"] == 0 and rows["sad_foreground"] == 0  # no 0 / 1 truth inside the region
+    # outside the region: 0.1 too high over the background half (0 -> 0.1), clipped at 1 over the foreground
+    background = ((alpha == 0) & ~unknown).sum(dim=(1, 2, 3)).double()
+    assert rows["sad_known"] == pytest.approx((background * round(0.1 * 255) / 255).mean().item() / 1000, rel=1e-6)
     assert rows["signed_error"] == pytest.approx(0.1, abs=2 / 255)
     assert rows["mse"] == pytest.approx(0.01, abs=2e-3)
     # a constant offset is what a recalibration removes: the oracle leaves only the bins' width

@@ -304,7 +304,11 @@ def test_checkpoint_refuses_other_runs_and_too_few_epochs(tmp_path):
     engine, *_ = _toy_training(tmp_path, 2, fingerprint={"fold": 0})
     engine.run([torch.ones(1, 2)], max_epochs=2)
     engine, *_ = _toy_training(tmp_path, 2, fingerprint={"fold": 1})
-    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt belongs to another run.*fold"):
+    with pytest.raises(ValueError, match=r"checkpoint_epoch=2\.pt belongs to another run.*fold: 0 there, 1 now"):
+        engine.run([torch.ones(1, 2)], max_epochs=2)
+    # an entry the checkpoint does not have (written by an earlier version) is a difference too
+    engine, *_ = _toy_training(tmp_path, 2, fingerprint={"fold": 0, "learning_rate": 3e-4})
+    with pytest.raises(ValueError, match=r"learning_rate: absent there, 0\.0003 now"):
         engine.run([torch.ones(1, 2)], max_epochs=2)
     engine, *_ = _toy_training(tmp_path, 1, fingerprint={"fold": 0})
     with pytest.raises(ValueError, match="beyond epochs=1"):
@@ -443,3 +447,32 @@ def test_fold_mlflow_handler_marks_a_failed_run(tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["run_key"] == "/out/x"
+
+
+def test_the_bundle_fingerprint_holds_the_training_recipe(bundle_root, tmp_path):
+    """train.yaml's fingerprint: a checkpoint of another recipe (here: learning rate) is not resumed."""
+    from monai.bundle import ConfigParser
+
+    from scripts.data.prepare import prepare_dataset
+
+    data = prepare_dataset("phantom", tmp_path / "ph", num_cases=4, folds=2, seed=0)
+    train = yaml.safe_load((bundle_root / "configs" / "train.yaml").read_text())
+    recipe = ("seed", "learning_rate", "warmup_epochs", "ema_decay", "amp", "cpu_bf16", "drop_last", "flip_prob",
+              "deform_prob", "rotate_degrees", "elastic_spacing", "elastic_magnitude", "pseudo_gt", "threshold_range",
+              "posterior_target", "weighting", "kl_weight", "grad_weight", "grad_threshold", "seg_weight",
+              "mat_weight", "l1_transition_weight")
+
+    def fingerprint(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+        parser.update({"bundle_root": str(bundle_root), "dataset_dir": str(data), **overrides})
+        return parser.get_parsed_content("fingerprint")
+
+    default = fingerprint()
+    assert {k: default[k] for k in recipe} == {k: train[k] for k in recipe}
+    assert "epochs" not in default  # a finished run may be extended
+    engine, *_ = _toy_training(tmp_path / "ckpt", 1, fingerprint=default)
+    engine.run([torch.ones(1, 2)], max_epochs=1)
+    engine, *_ = _toy_training(tmp_path / "ckpt", 1, fingerprint=fingerprint(learning_rate=1e-3))
+    with pytest.raises(ValueError, match=r"differs in \['learning_rate'\]"):
+        engine.run([torch.ones(1, 2)], max_epochs=1)

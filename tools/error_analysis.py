@@ -10,6 +10,8 @@ of the folders' predictions:
   (:mod:`scripts.metrics`, the values of the fold reports);
 - ``sad_background`` / ``sad_transition`` / ``sad_foreground``: SAD split by the true alpha
   (8-bit: 0, strictly between, 255); the three sum to ``sad``;
+- ``sad_known``: SAD over the rest of the image (the trimap's known background and foreground): a
+  haze or holes away from the border, which the published metrics do not see;
 - ``signed_error``: the mean of ``prediction - truth`` over the unknown region (per image, then over
   the images): a matte that is too high or too low overall;
 - ``sad_recalibrated`` / ``mse_recalibrated``: the errors after the best piecewise-constant map
@@ -54,7 +56,7 @@ __all__ = ["RECALIBRATION_BINS", "ROWS", "error_breakdown", "recalibration_oracl
 #: bins of the predicted value in the recalibration oracle
 RECALIBRATION_BINS = 20
 #: the reported quantities, in table order
-ROWS = ("sad", "mse", "grad", "sad_background", "sad_transition", "sad_foreground", "signed_error",
+ROWS = ("sad", "mse", "grad", "sad_background", "sad_transition", "sad_foreground", "sad_known", "signed_error",
         "sad_recalibrated", "mse_recalibrated")
 
 
@@ -92,6 +94,7 @@ def error_breakdown(pred: torch.Tensor, alpha: torch.Tensor, unknown: torch.Tens
         "sad_background": (per_pixel * (truth == 0)).sum(dim=(1, 2, 3)).mean().item() / 1000.0,
         "sad_transition": (per_pixel * ((truth > 0) & (truth < 1))).sum(dim=(1, 2, 3)).mean().item() / 1000.0,
         "sad_foreground": (per_pixel * (truth == 1)).sum(dim=(1, 2, 3)).mean().item() / 1000.0,
+        "sad_known": compute_sad(pred, alpha, ~region).mean().item(),
         "signed_error": ((error * region).sum(dim=(1, 2, 3)) / region.sum(dim=(1, 2, 3)).clamp_min(1)).mean().item(),
         "sad_recalibrated": compute_sad(recalibration_oracle(pred, alpha, region, "median"), alpha, region).mean().item(),
         "mse_recalibrated": compute_mse(recalibration_oracle(pred, alpha, region, "mean"), alpha, region).mean().item(),

@@ -89,6 +89,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a fingerprint's case list can be long)."""
+    text = "absent" if value is None else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _state_of(obj: Any) -> Any:
     return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
@@ -205,8 +211,10 @@ class TrainingCheckpointHandler:
             saved = checkpoint.get("fingerprint") or {}
             diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
             if diff:
+                values = "; ".join(f"{k}: {_short(saved.get(k))} there, {_short(self.fingerprint.get(k))} now"
+                                   for k in diff)
                 raise ValueError(
-                    f"training checkpoint {path} belongs to another run (differs in {diff}); "
+                    f"training checkpoint {path} belongs to another run (differs in {diff}: {values}); "
                     "use another ckpt_dir, or delete its checkpoint_epoch=*.pt files to start again."
                 )
         kept = {}
