@@ -112,3 +112,15 @@ def test_aggregate_only_nests_the_fold_jobs_runs_under_the_parent_run(phantom, t
     assert "mlflow.parentRunId" not in client.get_run(other).data.tags  # another cross-validation's run
     aggregate_crossval(phantom, out, folds=[0, 1], tracking="mlflow", cv_id="cv-x")  # again: the same parent
     assert len(client.search_runs([experiment], filter_string="tags.cv_parent = 'true'")) == 1
+
+
+def test_recipe_check_reads_overrides_as_the_bundle_does_and_needs_a_checkpoint(tmp_path):
+    from tools.crossval import _override_pairs, recipe_mismatch
+
+    pairs = _override_pairs(["--learning_rate", "3e-4", "--prob_filters", "[16, 32]", "--cpu_bf16", "False",
+                             "--pseudo_gt", "rater", "--network_def#convs_per_block=1", "--val_fold", "None"])
+    assert pairs == {"learning_rate": 3e-4, "prob_filters": [16, 32], "cpu_bf16": False, "pseudo_gt": "rater",
+                     "network_def#convs_per_block": 1, "val_fold": None}
+    # a finished fold without training checkpoints (evaluation-only folders): nothing to compare, not refused
+    (tmp_path / "fold0" / "models").mkdir(parents=True)
+    assert recipe_mismatch(tmp_path / "fold0", 0, tmp_path, ["configs/train.yaml"], []) is None

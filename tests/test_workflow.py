@@ -207,10 +207,17 @@ def test_crossval_runs_folds_resumes_reports_failures_and_aggregates(phantom, tm
     assert all(r.data.tags["cv_id"] == summary["cv_id"] for r in runs)
     assert parent[0].data.metrics["mean_sad_unknown"] == pytest.approx(summary["mean"]["sad_unknown"], rel=1e-6)
 
-    # fold 1 is redone and fails (bad override); fold 0 is skipped and left untouched
+    # a finished fold trained with another recipe does not count for this one: refused before anything runs
     fold0_mtime = (out / "fold0" / "metrics.json").stat().st_mtime_ns
+    proc = subprocess.run([*base, "--learning_rate", "0.123"], cwd=BUNDLE_ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 2 and "learning_rate" in proc.stderr and "0.123 now" in proc.stderr
+    assert f"fold 0 in {out / 'fold0'} is finished, but it was trained with another recipe" in proc.stderr
+    assert (out / "fold0" / "metrics.json").stat().st_mtime_ns == fold0_mtime
+
+    # fold 1 is redone and fails (bad override of the network, not of the recipe); fold 0 is skipped and left untouched
     (out / "fold1" / "metrics.json").unlink()
-    proc = subprocess.run([*base, "--pseudo_gt", "no-such-mode"], cwd=BUNDLE_ROOT, env=_env(), capture_output=True,
+    proc = subprocess.run([*base, "--upsampling", "no-such-mode"], cwd=BUNDLE_ROOT, env=_env(), capture_output=True,
                           text=True, timeout=280)
     assert proc.returncode == 1
     assert "fold 0: finished before, skipped" in proc.stdout and "fold 1: FAILED" in proc.stdout

@@ -4,7 +4,10 @@ Each fold runs the ``train_evaluate`` target of ``configs/train.yaml`` + ``confi
 in its own ``python -m monai.bundle run`` process (a failing or crashing fold cannot take the
 others down) with ``output_dir = OUT/fold<k>`` and ``ckpt_dir = OUT/fold<k>/models``, its output
 going to ``OUT/fold<k>/log.txt`` (and the console). A fold whose ``metrics.json`` exists is
-finished and skipped; an interrupted fold resumes from its last checkpoint. A fold that fails is
+finished and skipped - unless its last training checkpoint holds another recipe than this run's
+(the config's ``fingerprint``: seed, learning rate, augmentation, loss, ...; e.g. folds trained before
+the defaults changed): then the run is refused before anything starts, naming the fold and what
+differs. An interrupted fold resumes from its last checkpoint. A fold that fails is
 reported (status, return code, log file) and the others go on; the finished folds are never
 touched. At the end the runner writes the aggregate over the finished folds:
 
@@ -56,7 +59,7 @@ from scripts.atomic import remove_stale_temporaries, write_text_atomic
 from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
-__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "aggregate_folds", "write_aggregate",
+__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "recipe_mismatch", "aggregate_folds", "write_aggregate",
            "run_crossval", "aggregate_crossval", "main"]
 
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
@@ -347,6 +350,74 @@ def _finish(
     return {"aggregate": aggregate, "status": status, "failed": failed, "paths": paths}
 
 
+def _cli_value(text: str) -> Any:
+    """A ``--key value`` argument's value as ``monai.bundle run`` receives it (Python literal, else the string)."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _override_pairs(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["--key", "value", "--k2=v2"]`` as ``{"key": value, "k2": v2}`` (values: :func:`_cli_value`)."""
+    pairs: dict[str, Any] = {}
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--") and "=" in item:
+            key, value = item[2:].split("=", 1)
+            pairs[key] = _cli_value(value)
+            i += 1
+        elif item.startswith("--") and i + 1 < len(items):
+            pairs[item[2:]] = _cli_value(items[i + 1])
+            i += 2
+        else:
+            i += 1
+    return pairs
+
+
+def _shown(fingerprint: dict, key: str) -> str:
+    return repr(fingerprint[key]) if key in fingerprint else "absent"
+
+
+def recipe_mismatch(fold_dir: Path, fold: int, dataset_dir: Path, config_files: Sequence[str],
+                    overrides: Sequence[str]) -> str | None:
+    """Why the finished fold in ``fold_dir`` does not belong to this run, or ``None`` when it does.
+
+    Compares the ``fingerprint`` stored in the fold's newest training checkpoint with the one the
+    configs and ``overrides`` give for ``fold`` now. ``None`` (nothing to compare) when the fold has no
+    checkpoint, the checkpoint no fingerprint, or the configs no ``fingerprint`` entry.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    from scripts.handlers.checkpoint import find_checkpoints
+
+    checkpoints = find_checkpoints(fold_dir / "models")
+    if not checkpoints:
+        return None
+    path = checkpoints[-1][1]
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("fingerprint")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        return f"its checkpoint {path} cannot be read ({type(e).__name__}: {e})"
+    parser = ConfigParser()
+    parser.read_config([str(c if os.path.isabs(c) else BUNDLE_ROOT / c) for c in config_files])
+    if saved is None or "fingerprint" not in parser.config:
+        return None
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **_override_pairs(overrides), "dataset_dir": str(dataset_dir),
+                   "fold": fold, "output_dir": str(fold_dir), "ckpt_dir": str(fold_dir / "models")})
+    now = parser.get_parsed_content("fingerprint")
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if not differ:
+        return None
+    values = "; ".join(f"{k}: {_shown(saved, k)} there, {_shown(now, k)} now" for k in differ[:6])
+    return f"it was trained with another recipe ({path.name} differs in {differ}: {values})"
+
+
 def run_crossval(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -414,6 +485,12 @@ def run_crossval(
     # configs relative to the current folder if they exist there, else to the bundle root (the folds' cwd)
     config_files = [str(Path(c).absolute()) if not os.path.isabs(c) and Path(c).is_file() else str(c)
                     for c in config_files]
+    for k in folds:  # before anything runs: a finished fold of another recipe must not count for this one
+        if (out / f"fold{k}" / METRICS_FILE).is_file() and run_id == "train_evaluate":
+            why = recipe_mismatch(out / f"fold{k}", k, dataset_dir, config_files, overrides)
+            if why:
+                raise CrossvalError(f"fold {k} in {out / f'fold{k}'} is finished, but {why}; use another "
+                                    f"--output_dir, or delete {out / f'fold{k}'} to train it again")
 
     parent = None
     tracking_args: list[str] = []
