@@ -476,3 +476,13 @@ def test_the_bundle_fingerprint_holds_the_training_recipe(bundle_root, tmp_path)
     engine, *_ = _toy_training(tmp_path / "ckpt", 1, fingerprint=fingerprint(learning_rate=1e-3))
     with pytest.raises(ValueError, match=r"differs in \['learning_rate'\]"):
         engine.run([torch.ones(1, 2)], max_epochs=1)
+
+
+def test_fingerprint_differences_tell_a_missing_entry_from_none_and_cut_long_values():
+    from scripts.handlers.checkpoint import fingerprint_differences
+
+    assert fingerprint_differences({"fold": 0, "val_fold": None}, {"fold": 0, "val_fold": None}) == {}
+    assert fingerprint_differences({"fold": 0}, {"fold": 0, "val_fold": None}) == {
+        "val_fold": "val_fold: absent there, None now"}
+    long = fingerprint_differences({"cases": ["case%02d" % i for i in range(30)]}, {"cases": []})["cases"]
+    assert long.startswith("cases: ['case00', ") and "...  there" not in long and "... there, [] now" in long

@@ -59,8 +59,8 @@ from scripts.atomic import remove_stale_temporaries, write_text_atomic
 from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
-__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "recipe_mismatch", "aggregate_folds", "write_aggregate",
-           "run_crossval", "aggregate_crossval", "main"]
+__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "recipe_mismatch", "aggregate_folds",
+           "write_aggregate", "run_crossval", "aggregate_crossval", "main"]
 
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
@@ -379,10 +379,6 @@ def _override_pairs(overrides: Sequence[str]) -> dict[str, Any]:
     return pairs
 
 
-def _shown(fingerprint: dict, key: str) -> str:
-    return repr(fingerprint[key]) if key in fingerprint else "absent"
-
-
 def recipe_mismatch(fold_dir: Path, fold: int, dataset_dir: Path, config_files: Sequence[str],
                     overrides: Sequence[str]) -> str | None:
     """Why the finished fold in ``fold_dir`` does not belong to this run, or ``None`` when it does.
@@ -394,7 +390,7 @@ def recipe_mismatch(fold_dir: Path, fold: int, dataset_dir: Path, config_files: 
     import torch
     from monai.bundle import ConfigParser
 
-    from scripts.handlers.checkpoint import find_checkpoints
+    from scripts.handlers.checkpoint import find_checkpoints, fingerprint_differences
 
     checkpoints = find_checkpoints(fold_dir / "models")
     if not checkpoints:
@@ -411,11 +407,11 @@ def recipe_mismatch(fold_dir: Path, fold: int, dataset_dir: Path, config_files: 
     parser.update({"bundle_root": str(BUNDLE_ROOT), **_override_pairs(overrides), "dataset_dir": str(dataset_dir),
                    "fold": fold, "output_dir": str(fold_dir), "ckpt_dir": str(fold_dir / "models")})
     now = parser.get_parsed_content("fingerprint")
-    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    differ = fingerprint_differences(saved, now)
     if not differ:
         return None
-    values = "; ".join(f"{k}: {_shown(saved, k)} there, {_shown(now, k)} now" for k in differ[:6])
-    return f"it was trained with another recipe ({path.name} differs in {differ}: {values})"
+    values = "; ".join(list(differ.values())[:6]) + ("; ..." if len(differ) > 6 else "")
+    return f"it was trained with another recipe ({path.name} differs in {list(differ)}: {values})"
 
 
 def run_crossval(

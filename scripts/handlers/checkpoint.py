@@ -48,7 +48,8 @@ from ignite.engine import Engine, Events
 from scripts.atomic import atomic_write, remove_stale_temporaries
 from scripts.workflows.distributed import is_main_process, rank_values
 
-__all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "latest_checkpoint", "save_atomic"]
+__all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "fingerprint_differences",
+           "latest_checkpoint", "save_atomic"]
 
 #: file names of the training checkpoints (the epoch number after ``=``)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
@@ -89,10 +90,29 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a fingerprint's case list can be long)."""
-    text = "absent" if value is None else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_ABSENT = object()
+
+
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 60) -> dict[str, str]:
+    """The entries in which two run fingerprints differ, sorted by key, each described as
+    ``"<key>: <saved value> there, <current value> now"`` (``absent`` for a missing entry; values cut to
+    ``limit`` characters: a fingerprint's case list can be long). Empty when they are equal.
+
+    Example::
+
+        >>> fingerprint_differences({"fold": 0}, {"fold": 0, "seed": 1})
+        {'seed': 'seed: absent there, 1 now'}
+    """
+    def shown(value: Any) -> str:
+        text = "absent" if value is _ABSENT else repr(value)
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    differ = {}
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, _ABSENT), current.get(key, _ABSENT)
+        if old is _ABSENT or new is _ABSENT or old != new:
+            differ[key] = f"{key}: {shown(old)} there, {shown(new)} now"
+    return differ
 
 
 def _state_of(obj: Any) -> Any:
@@ -208,13 +228,11 @@ class TrainingCheckpointHandler:
         if missing:
             raise ValueError(f"training checkpoint {path} lacks {missing}; delete it or use another ckpt_dir.")
         if self.fingerprint is not None:
-            saved = checkpoint.get("fingerprint") or {}
-            diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            diff = fingerprint_differences(checkpoint.get("fingerprint") or {}, self.fingerprint)
             if diff:
-                values = "; ".join(f"{k}: {_short(saved.get(k))} there, {_short(self.fingerprint.get(k))} now"
-                                   for k in diff)
                 raise ValueError(
-                    f"training checkpoint {path} belongs to another run (differs in {diff}: {values}); "
+                    f"training checkpoint {path} belongs to another run (differs in {list(diff)}: "
+                    f"{'; '.join(diff.values())}); "
                     "use another ckpt_dir, or delete its checkpoint_epoch=*.pt files to start again."
                 )
         kept = {}
