@@ -59,8 +59,8 @@ from scripts.atomic import remove_stale_temporaries, write_text_atomic
 from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
 
-__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "recipe_mismatch", "aggregate_folds",
-           "write_aggregate", "run_crossval", "aggregate_crossval", "main"]
+__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "fold_config", "recipe_mismatch",
+           "aggregate_folds", "write_aggregate", "run_crossval", "aggregate_crossval", "main"]
 
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
@@ -379,6 +379,19 @@ def _override_pairs(overrides: Sequence[str]) -> dict[str, Any]:
     return pairs
 
 
+def fold_config(dataset_dir: str | os.PathLike, fold: int, config_files: Sequence[str] = DEFAULT_CONFIG_FILES,
+                overrides: dict[str, Any] | None = None) -> Any:
+    """A ``monai.bundle.ConfigParser`` of ``config_files`` (relative paths: from the bundle root) for ``fold`` of
+    the prepared ``dataset_dir``, with ``overrides`` (``dataset_dir`` and ``fold`` set after them): what a fold's
+    bundle run parses, in this process."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c if os.path.isabs(c) else BUNDLE_ROOT / c) for c in config_files])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **(overrides or {}), "dataset_dir": str(dataset_dir), "fold": fold})
+    return parser
+
+
 def recipe_mismatch(fold_dir: Path, fold: int, dataset_dir: Path, config_files: Sequence[str],
                     overrides: Sequence[str]) -> str | None:
     """Why the finished fold in ``fold_dir`` does not belong to this run, or ``None`` when it does.
@@ -388,24 +401,20 @@ def recipe_mismatch(fold_dir: Path, fold: int, dataset_dir: Path, config_files: 
     checkpoint, the checkpoint no fingerprint, or the configs no ``fingerprint`` entry.
     """
     import torch
-    from monai.bundle import ConfigParser
 
-    from scripts.handlers.checkpoint import find_checkpoints, fingerprint_differences
+    from scripts.handlers.checkpoint import fingerprint_differences, latest_checkpoint
 
-    checkpoints = find_checkpoints(fold_dir / "models")
-    if not checkpoints:
+    path = latest_checkpoint(fold_dir / "models")
+    if path is None:
         return None
-    path = checkpoints[-1][1]
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True).get("fingerprint")
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         return f"its checkpoint {path} cannot be read ({type(e).__name__}: {e})"
-    parser = ConfigParser()
-    parser.read_config([str(c if os.path.isabs(c) else BUNDLE_ROOT / c) for c in config_files])
+    parser = fold_config(dataset_dir, fold, config_files, {**_override_pairs(overrides), "output_dir": str(fold_dir),
+                                                           "ckpt_dir": str(fold_dir / "models")})
     if saved is None or "fingerprint" not in parser.config:
         return None
-    parser.update({"bundle_root": str(BUNDLE_ROOT), **_override_pairs(overrides), "dataset_dir": str(dataset_dir),
-                   "fold": fold, "output_dir": str(fold_dir), "ckpt_dir": str(fold_dir / "models")})
     now = parser.get_parsed_content("fingerprint")
     differ = fingerprint_differences(saved, now)
     if not differ:

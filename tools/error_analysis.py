@@ -105,16 +105,13 @@ def error_breakdown(pred: torch.Tensor, alpha: torch.Tensor, unknown: torch.Tens
 def load_truth(dataset_dir: Path) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
     """``{case: (fold, alpha (1, H, W), unknown (1, H, W) bool)}`` of every case of the prepared
     dataset, through the evaluation's preprocessing of each fold's test cases."""
-    from monai.bundle import ConfigParser
-
     from scripts.data.datalist import load_datalist
     from scripts.data.trimaps import UNKNOWN
+    from tools.crossval import fold_config
 
     truth: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
     for fold in range(int(load_datalist(dataset_dir)["num_folds"])):
-        parser = ConfigParser()
-        parser.read_config([str(BUNDLE_ROOT / "configs" / "train.yaml"), str(BUNDLE_ROOT / "configs" / "evaluate.yaml")])
-        parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(dataset_dir), "fold": fold})
+        parser = fold_config(dataset_dir, fold)
         cases = parser.get_parsed_content("split")["test"]
         dataset = parser.get_parsed_content("dataset")
         for entry, item in zip(cases, dataset):

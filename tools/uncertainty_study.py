@@ -61,13 +61,10 @@ def candidate_maps(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def study_fold(fold_dir: Path, dataset_dir: Path, fold: int) -> dict[str, Any]:
     """Per-candidate mean correlation over the fold's test cases, and the sample confidence."""
-    from monai.bundle import ConfigParser
+    from tools.crossval import fold_config
 
     network = load_trained_network(fold_dir / "models" / "model.pt").eval()
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE_ROOT / "configs" / "train.yaml"), str(BUNDLE_ROOT / "configs" / "evaluate.yaml")])
-    parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(dataset_dir), "fold": fold})
-    dataset = parser.get_parsed_content("dataset")
+    dataset = fold_config(dataset_dir, fold).get_parsed_content("dataset")
     values: dict[str, list[float]] = {name: [] for name in (*CANDIDATES, "mean_prob_consensus", "mean_prob_rim")}
     with torch.no_grad():
         for item in dataset:
