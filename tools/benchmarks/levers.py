@@ -65,6 +65,7 @@ def _v(overrides: Optional[dict] = None, threads: Optional[int] = None, bf16: bo
 LEVERS: Dict[str, tuple] = {
     "channels_last": (_v({"network_def#channels_last": False}), _v({"network_def#channels_last": True})),
     "bf16": (_v({"cpu_bf16": False}), _v({"cpu_bf16": True})),
+    "cpu_bf16=auto": (_v({"cpu_bf16": False}), _v({"cpu_bf16": "auto"})),  # the default against float32
     "threads=1": (_v(threads=2), _v(threads=1)),
     "implicit_hidden=32": (_v({"implicit_hidden": 64}), _v({"implicit_hidden": 32})),
     "num_samples=4": (_v(), _v({"num_samples": 4})),

@@ -142,7 +142,7 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
         # the optimiser's other arguments (e.g. ``fused``), as the config passes them to Adam
         "optimizer_args": {k: get(f"optimizer#{k}") for k in parser.get("optimizer") if k not in ("_target_", "params", "lr")},
         "pseudo_gt": str(get("pseudo_gt")),
-        "cpu_bf16": get("cpu_bf16"),  # MattingTrainer reads it (true / false, also as strings)
+        "cpu_bf16": get("precision") == "bfloat16",  # cpu_bf16 / amp resolved for this CPU (scripts.workflows.precision)
         "in_channels": int(get("in_channels")),
         "num_samples": int(network.num_samples),
         "network_args": network_args,
