@@ -1,6 +1,7 @@
 """The tools package: recipe table of the reproduction, shared metric tables, command-line spellings."""
 
 import pytest
+import yaml
 
 from scripts.handlers.metric_tables import summarize_values, write_csv_atomic
 from tools.crossval import DEFAULT_CONFIG_FILES
@@ -9,6 +10,7 @@ from tools.reproduce import RECIPES, recipe_config_files
 
 def test_recipe_ours_is_the_bundle_defaults_and_paper_adds_its_file(bundle_root):
     assert recipe_config_files("ours") == list(DEFAULT_CONFIG_FILES)  # no recipe file, existing or not
+    assert recipe_config_files("quick") == [*DEFAULT_CONFIG_FILES, "configs/recipes/quick.yaml"]
     paper = recipe_config_files("paper")
     assert paper == [*DEFAULT_CONFIG_FILES, "configs/recipes/brain_growth_paper.yaml"]
     assert (bundle_root / paper[-1]).is_file()
@@ -102,3 +104,10 @@ def test_release_stores_half_precision_weights_that_load_into_the_float32_networ
         stored_state_dict({"w": torch.tensor([1e6])})
     ints = stored_state_dict({"n": torch.tensor([3])})
     assert ints["n"].dtype == torch.int64
+
+
+def test_the_quick_recipe_names_only_train_yaml_settings(bundle_root):
+    """configs/recipes/quick.yaml overrides train.yaml settings only (a misspelt key would add a new one)."""
+    train = yaml.safe_load((bundle_root / "configs" / "train.yaml").read_text())
+    quick = yaml.safe_load((bundle_root / "configs" / "recipes" / "quick.yaml").read_text())
+    assert {"epochs", "batch_size", "learning_rate", "cpu_bf16"} <= set(quick) <= set(train)

@@ -44,6 +44,7 @@ from tools.provenance import git_commit, library_versions, load_average, machine
 #: recipe name -> the override files merged, in order, after train.yaml and evaluate.yaml (none: the bundle defaults)
 RECIPES: dict[str, tuple[str, ...]] = {
     "ours": (),
+    "quick": ("configs/recipes/quick.yaml",),
     "paper": ("configs/recipes/brain_growth_paper.yaml",),
     # issue 12: the paper's recipe with batch normalisation (as its authors most likely ran it)
     "paper_bn": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_paper_bn.yaml"),
@@ -256,7 +257,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="ours",
-                        help="ours: the bundle defaults; paper: + configs/recipes/brain_growth_paper.yaml; "
+                        help="ours: the bundle defaults; quick: + configs/recipes/quick.yaml; paper: + configs/recipes/brain_growth_paper.yaml; "
                              "paper_bn, paper_mm_code: + the files of RECIPES (issue 12)")
     parser.add_argument("--source", default=None, help="brain_growth_alpha.zip (path or URL); default ../shared, else the published URL")
     parser.add_argument("--trimaps", default=None, help="trimap_brain.zip (path or URL); default as --source")
