@@ -159,6 +159,14 @@ def test_manifest_with_the_pickles_alpha_gives_identical_fold_metrics_after_a_sh
         metrics[way] = json.loads((out / "eval" / "metrics_per_case.json").read_text())
     assert metrics["pickle"] == metrics["manifest"]
     assert len(metrics["pickle"]) > 0
+    # the per-case table carries the QUBIQ score and each case's foreground / unknown-region size
+    _, items = _dataset(ways["manifest"])
+    for row in metrics["manifest"]:
+        masks = [read_png(ways["manifest"] / m) for m in items[row["case"]]["masks"]]
+        trimap = read_png(ways["manifest"] / items[row["case"]]["trimap"])
+        assert row["foreground_pixels"] == int(np.any(masks, axis=0).sum())
+        assert row["unknown_pixels"] == int((trimap == 128).sum())
+        assert 0.0 <= row["qubiq"] <= 1.0
 
 
 # ------------------------------------------------------------------------------------------------ formats
