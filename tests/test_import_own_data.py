@@ -71,6 +71,8 @@ def _dataset(out: Path) -> tuple[dict, dict]:
 def brain_growth_three_ways(brain_growth_dir, tmp_path_factory):
     """The first 8 Brain-growth cases: the pickle path, the QUBIQ NIfTI folder layout, a PNG + CSV manifest
     (0 / 255 masks, the pickle's alpha and the published trimaps as columns)."""
+    from tools.brain_growth_layouts import write_layouts
+
     root = tmp_path_factory.mktemp("bg3")
     count = 8
     pickle_out = prepare_dataset("brain-growth", root / "pickle", source=brain_growth_dir / "brain_growth_alpha.zip",
@@ -78,28 +80,10 @@ def brain_growth_three_ways(brain_growth_dir, tmp_path_factory):
     with zipfile.ZipFile(brain_growth_dir / "brain_growth_alpha.zip") as zf:
         records = safe_loads_pickle(zf.read("brain_growth_alpha.pkl"))
     names = sorted(records)[:count]
-    qubiq, files = root / "qubiq", root / "files"
-    files.mkdir()
-    rows = []
-    for case in names:
-        r = records[case]
-        (qubiq / case).mkdir(parents=True)
-        _nifti(qubiq / case / "image.nii.gz", r["image"])
-        for k, m in enumerate(r["masks"], 1):
-            _nifti(qubiq / case / f"task01_seg{k:02d}.nii.gz", m)
-        _png(files / f"{case}.png", r["image"])
-        masks = [_png(files / f"{case}_rater{k}.png", m * 255).name for k, m in enumerate(r["masks"], 1)]
-        _png(files / f"{case}_alpha.png", r["alpha"])
-        trimap = read_png(pickle_out / "trimaps" / f"{case}.png")
-        _png(files / f"{case}_trimap.png", trimap)
-        rows.append({"case": case, "image": f"files/{case}.png", **{f"mask{k}": f"files/{m}" for k, m in
-                     enumerate(masks, 1)}, "alpha": f"files/{case}_alpha.png", "trimap": f"files/{case}_trimap.png"})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    layouts = write_layouts(root / "layouts", brain_growth_dir, num_cases=count, alpha_and_trimaps=True)
+    qubiq, manifest = layouts["qubiq"], layouts["manifest"]
     assert main(["--dataset", "folder", "--source", str(qubiq), "--out", str(root / "from_qubiq")]) == 0
-    assert main(["--dataset", "manifest", "--source", str(root / "manifest.csv"), "--out",
+    assert main(["--dataset", "manifest", "--source", str(manifest), "--out",
                  str(root / "from_manifest")]) == 0
     return {"pickle": pickle_out, "qubiq": root / "from_qubiq", "manifest": root / "from_manifest",
             "records": records, "names": names}
