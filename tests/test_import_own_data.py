@@ -462,3 +462,14 @@ def test_manifest_errors_name_the_file_and_row(tmp_path):
     (tmp_path / "m" / "src" / "case01" / "task01_seg02.png").unlink()
     with pytest.raises(DataPreparationError, match=r"case01/task01_seg02.png: file not found"):
         import_dataset("manifest", path, tmp_path / "out")
+
+
+def test_rater_targets_figure_of_one_imported_case(tmp_path):
+    from tools.figures.rater_targets import main as figure_main
+
+    _write_png_cases(tmp_path / "src", 2)
+    out = import_dataset("folder", tmp_path / "src", tmp_path / "out", folds=2)
+    assert figure_main(["--dataset_dir", str(out), "--case", "case01", "--out", str(tmp_path / "f.png")]) == 0
+    with Image.open(tmp_path / "f.png") as img:
+        assert img.size[0] > 2 * img.size[1]  # four panels side by side
+    assert figure_main(["--dataset_dir", str(out), "--case", "nope", "--out", str(tmp_path / "g.png")]) == 2

@@ -76,20 +76,23 @@ def test_region_sizes_and_metric_classes():
     assert {"qubiq", "foreground_pixels", "unknown_pixels"} <= set(METRIC_NAMES)
 
 
-def test_a_missed_small_lesion_scores_a_small_sad_but_a_qubiq_score_near_zero():
-    """The reason docs/metrics.md gives for reading SAD beside the region sizes and the QUBIQ score."""
+def test_a_missed_small_lesion_scores_a_small_sad_but_a_qubiq_score_of_zero():
+    """The example of docs/metrics.md: a 1.5 % lesion, 3 raters, targets from the raters, nothing predicted."""
+    from scripts.data.targets import alpha_from_raters, trimap_from_raters
+    from scripts.metrics import compute_grad, compute_mse
+
     yy, xx = np.mgrid[:128, :128]
-    lesion = ((yy - 64) ** 2 + (xx - 64) ** 2 <= 8 ** 2)  # about 1.2 % of the image
-    masks = torch.stack([torch.from_numpy(lesion), torch.from_numpy(np.roll(lesion, 1, axis=1))])[None].float()
-    alpha = masks.mean(1, keepdim=True)
-    unknown = torch.from_numpy(lesion)[None, None]  # the unknown region: the lesion itself
-    missed = torch.zeros_like(alpha)
-    big = ((yy - 64) ** 2 + (xx - 64) ** 2 <= 40 ** 2)
-    big_alpha = torch.from_numpy(big)[None, None].float()
-    slightly_off = (big_alpha * 0.9)  # a good prediction of a large region, 10 % low everywhere
-    sad_missed = compute_sad(missed, alpha, unknown).item()
-    sad_good_big = compute_sad(slightly_off, big_alpha, torch.from_numpy(big)[None, None]).item()
-    assert sad_missed < sad_good_big  # the missed lesion "looks better" by SAD
-    assert compute_qubiq_score(missed, masks).item() < 0.15
-    # 0.9 everywhere: Dice 1 at the thresholds 0.1 .. 0.8, 0 at 0.9 (the raters' mean 1 is above, 0.9 is not)
-    assert compute_qubiq_score(slightly_off, torch.cat([big_alpha] * 2, 1)).item() == pytest.approx(8 / 9)
+    masks = [((yy - 64) ** 2 + (xx - 64 - s) ** 2 <= (8 + d) ** 2).astype(np.uint8) for s, d in ((0, 0), (1, 0), (0, 1))]
+    alpha = alpha_from_raters(masks)
+    trimap = trimap_from_raters(alpha, masks, dilation=1)
+    true = torch.from_numpy(alpha / 255.0)[None, None].float()
+    unknown = torch.from_numpy(trimap == 128)[None, None]
+    raters = torch.from_numpy(np.stack(masks))[None].float()
+    missed = torch.zeros_like(true)
+    assert 100 * np.any(masks, 0).mean() == pytest.approx(1.54, abs=0.01) and int(unknown.sum()) == 209
+    # the lesion's core (every rater agrees) lies outside the unknown region: missing it costs SAD nothing
+    assert compute_sad(missed, true, unknown).item() == pytest.approx(0.0917, abs=1e-4)  # Brain-growth: ~0.34
+    assert compute_mse(missed, true, unknown).item() == pytest.approx(0.3610, abs=1e-4)  # a mean: not fooled
+    assert compute_grad(missed, true, unknown).item() == pytest.approx(0.8296, abs=1e-4)
+    assert compute_qubiq_score(missed, raters).item() == 0.0
+    assert compute_qubiq_score(true, raters).item() == 1.0
