@@ -356,7 +356,7 @@ def test_mixed_sizes_need_spatial_size_then_resize_or_pad_crop(tmp_path):
     ("one_rater", r"case01: 1 rater mask\(s\) found, at least 2 are needed"),
     ("empty_image", r"case01/image.png: the image is empty \(every value is 7\)"),
     ("no_image", r"case01: no image file"),
-    ("unreadable", r"case01/image.png: cannot read"),
+    ("unreadable", r"case01/image.png: not a readable .png file"),
 ])
 def test_a_bad_case_stops_the_import_with_one_line_and_writes_nothing(tmp_path, damage, message):
     _write_png_cases(tmp_path / "src", 3)
@@ -473,3 +473,12 @@ def test_rater_targets_figure_of_one_imported_case(tmp_path):
     with Image.open(tmp_path / "f.png") as img:
         assert img.size[0] > 2 * img.size[1]  # four panels side by side
     assert figure_main(["--dataset_dir", str(out), "--case", "nope", "--out", str(tmp_path / "g.png")]) == 2
+
+
+def test_an_image_bomb_is_refused_from_its_header(tmp_path):
+    from conftest import write_png_bomb
+
+    _write_png_cases(tmp_path / "src", 2)
+    write_png_bomb(tmp_path / "src" / "case01" / "image.png", 30000, 30000)
+    with pytest.raises(DataPreparationError, match=r"case01/image.png: .*(megapixels|decompression)"):
+        import_dataset("folder", tmp_path / "src", tmp_path / "out", folds=2)

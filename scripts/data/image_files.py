@@ -107,8 +107,13 @@ def _pil_value_max(path: Path) -> tuple[int | None, str]:
 def read_array(path: str | PathLike) -> LoadedArray:
     """Read one image / mask file or DICOM series folder with MONAI's ``LoadImage``.
 
+    NIfTI and 2-D image files are first checked from their header
+    (:func:`scripts.data.image_limits.check_image_header`: at most 64 megapixels per slice and 512^3
+    voxels), so a decompression bomb is refused before any reader decodes it.
+
     Raises:
-        DatasetSourceError: a missing file, an unknown file type, a file the reader cannot decode.
+        DatasetSourceError: a missing file, an unknown file type, an image above the size limits, a file the
+            reader cannot decode.
     """
     from monai.transforms import LoadImage  # lazy: monai is slow to import
 
@@ -119,6 +124,13 @@ def read_array(path: str | PathLike) -> LoadedArray:
     if kind is None:
         raise DatasetSourceError(f"{path}: unknown file type; expected one of {sorted(IMAGE_SUFFIXES)} "
                                  "or a DICOM series folder")
+    if kind != "dicom":  # the header first: no reader decodes an image larger than the bundle reads
+        from scripts.data.image_limits import check_image_header
+
+        try:
+            check_image_header(path)
+        except ValueError as e:  # ImageTooLargeError, UnreadableImageError: they name the file
+            raise DatasetSourceError(str(e)) from e
     value_max, mode = _pil_value_max(path) if kind == "pil" else (None, "")
     if kind == "pil" and mode in ("P",):
         raise DatasetSourceError(f"{path}: palette image (PIL mode 'P'); save it as grey or RGB")

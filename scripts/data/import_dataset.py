@@ -18,7 +18,14 @@ from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 
-from scripts.data.case_files import CaseFiles, folder_cases, manifest_cases, read_test_cases
+from scripts.data.case_files import (
+    DEFAULT_IMAGE_PATTERN,
+    DEFAULT_MASK_PATTERN,
+    CaseFiles,
+    folder_cases,
+    manifest_cases,
+    read_test_cases,
+)
 from scripts.data.case_import import ImportOptions, ImportedCase, import_case
 from scripts.data.errors import DataPreparationError, DatasetValidationError
 from scripts.data.folds import assign_folds
@@ -129,8 +136,6 @@ def import_dataset(kind: str, source: str | PathLike, out: str | PathLike, folds
         DataPreparationError: (a ``ValueError``) one line naming the file or case and the problem; nothing is
             written at ``out`` then.
     """
-    from scripts.data.case_files import DEFAULT_IMAGE_PATTERN, DEFAULT_MASK_PATTERN
-
     if kind not in IMPORT_KINDS:
         raise DataPreparationError(f"unknown import kind {kind!r}; expected one of {list(IMPORT_KINDS)}")
     source = Path(source).expanduser()
