@@ -438,6 +438,15 @@ def test_manifest_fold_column_and_fixed_split_are_kept_as_given(tmp_path):
     path = _manifest(tmp_path / "b", 4, {"split": ["train", "test", "train", "TEST"]})
     dl, items = _dataset(import_dataset("manifest", path, tmp_path / "out_b"))
     assert dl["num_folds"] == 2 and [it["fold"] for it in items.values()] == [1, 0, 1, 0]
+    # the split is kept by training and cross-validation: fold 0 only tests, fold 1 is refused
+    from scripts.workflows.splits import fold_split
+    from tools.crossval import _selected_folds
+
+    split = fold_split(load_datalist(tmp_path / "out_b"), 0)
+    assert [it["case"] for it in split["test"]] == ["case01", "case03"]
+    with pytest.raises(ValueError, match=r"fold 1: the dataset has a fixed split whose test cases are fold\(s\) \[0\]"):
+        fold_split(load_datalist(tmp_path / "out_b"), 1)
+    assert _selected_folds(tmp_path / "out_b", None) == [0]
     # a test-case list for the folder layout
     (tmp_path / "tests.txt").write_text("# held out\ncase01\n")
     dl, items = _dataset(import_dataset("folder", tmp_path / "b" / "src", tmp_path / "out_c",

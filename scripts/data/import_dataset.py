@@ -176,6 +176,8 @@ def import_dataset(kind: str, source: str | PathLike, out: str | PathLike, folds
                    f"raters' disagreement, dilated by {options.trimap_dilation} pixel(s)"},
         "raters": reference.raters, "spatial_shape": list(reference.spatial), "channels": reference.channels,
     }
+    if rule.startswith("fixed split"):
+        meta["test_folds"] = [0]  # training and cross-validation test on fold 0 only (scripts/workflows/splits.py)
     if skipped:
         meta["skipped"] = skipped
     extras = {c.name: {"source_case": c.source_case, "source_shape": list(c.source_shape),
