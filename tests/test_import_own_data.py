@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -256,6 +257,16 @@ def test_dicom_series_written_with_pydicom(tmp_path):
     np.testing.assert_array_equal(image, expected)
     mask = read_png(out / items["pat0_s002"]["masks"][1])
     assert mask.shape == (10, 12) and mask.sum() == 4 * 5 and mask[4:9, 3:7].all()
+    # one DICOM file per image and mask: a 2-D case
+    single = tmp_path / "single" / "c0"
+    single.mkdir(parents=True)
+    for name, series, z in (("image.dcm", "ct", 2), ("task01_seg1.dcm", "seg0", 2), ("task01_seg2.dcm", "seg1", 2)):
+        shutil.copy(tmp_path / "src" / "pat0" / series / f"slice{z:03d}.dcm", single / name)
+    shutil.copytree(single, tmp_path / "single" / "c1")
+    out = import_dataset("folder", tmp_path / "single", tmp_path / "out_single", folds=2)
+    _, items = _dataset(out)
+    assert read_png(out / items["c0"]["image"]).shape == (10, 12)
+    assert read_png(out / items["c0"]["masks"][0]).sum() == 4 * 4
 
 
 def test_jpeg_masks_are_binarised_at_128_and_a_grey_level_png_mask_is_refused(tmp_path):

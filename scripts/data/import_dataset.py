@@ -171,9 +171,9 @@ def import_dataset(kind: str, source: str | PathLike, out: str | PathLike, folds
                    "slice_margin": options.slice_margin, "mask_threshold": options.mask_threshold,
                    "size_rule": options.size_rule if options.spatial_size else "none (one size)",
                    "trimap_dilation": options.trimap_dilation,
-                   "alpha": "file" if any(f.alpha for f in files) else "raters' mean",
-                   "trimap": "file" if any(f.trimap for f in files) else
-                   f"raters' disagreement, dilated by {options.trimap_dilation} pixel(s)"},
+                   "alpha": _origin([f.alpha for f in files], "raters' mean"),
+                   "trimap": _origin([f.trimap for f in files], f"raters' disagreement, dilated by "
+                                                                 f"{options.trimap_dilation} pixel(s)")},
         "raters": reference.raters, "spatial_shape": list(reference.spatial), "channels": reference.channels,
     }
     if rule.startswith("fixed split"):
@@ -183,6 +183,12 @@ def import_dataset(kind: str, source: str | PathLike, out: str | PathLike, folds
     extras = {c.name: {"source_case": c.source_case, "source_shape": list(c.source_shape),
                        **({"group": c.group} if c.group is not None else {})} for c in first}
     return write_dataset(cases(), fold_of, out, meta, overwrite=overwrite, item_extras=extras)
+
+
+def _origin(given: list, derived: str) -> str:
+    """Where a target came from: ``file``, the derivation, or both (a manifest may give it on some rows)."""
+    count = sum(g is not None for g in given)
+    return "file" if count == len(given) else derived if count == 0 else f"file where given, else {derived}"
 
 
 def _check_consistent(cases: list[ImportedCase], files: Sequence[CaseFiles], options: ImportOptions) -> None:
