@@ -499,6 +499,6 @@ def test_an_image_bomb_is_refused_from_its_header(tmp_path):
     from conftest import write_png_bomb
 
     _write_png_cases(tmp_path / "src", 2)
-    write_png_bomb(tmp_path / "src" / "case01" / "image.png", 30000, 30000)
+    write_png_bomb(tmp_path / "src" / "case01" / "image.png", 8200, 8200)  # 67 megapixels
     with pytest.raises(DataPreparationError, match=r"case01/image.png: .*(megapixels|decompression)"):
         import_dataset("folder", tmp_path / "src", tmp_path / "out", folds=2)
