@@ -319,9 +319,12 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], echo: bool)
 
 
 def _selected_folds(dataset_dir: Path, folds: Sequence[int] | None) -> list[int]:
-    """The folds to run or aggregate (default: all of the datalist); a :class:`CrossvalError` for one out of range."""
+    """The folds to run or aggregate (default: all of the datalist, or its fixed split's ``test_folds``); a
+    :class:`CrossvalError` for one out of range."""
     num_folds = _read_datalist_header(dataset_dir)
-    folds = list(range(num_folds)) if not folds else [int(k) for k in folds]
+    if not folds:
+        folds = json.loads((dataset_dir / "datalist.json").read_text()).get("test_folds") or range(num_folds)
+    folds = [int(k) for k in folds]
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
         raise CrossvalError(f"--folds {' '.join(map(str, bad))}: not in 0 .. {num_folds - 1} ({dataset_dir / 'datalist.json'})")
