@@ -29,7 +29,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from .errors import InvalidRequestError, MattingAppError, UnknownTaskError
+from .errors import InvalidRequestError, MattingAppError, NoTrainedWeightsError, UnknownTaskError
 from .security import _http_error, _wrap, finite_float
 
 logger = logging.getLogger(__name__)
@@ -100,16 +100,16 @@ class UncertaintyScoring(ScoringMethod):
         device = str(request.get("device") or "cpu")
         status = self.infer_task.model.status()
         weights = status["weights_path"]
-        if not status["trained"] and not status["allow_untrained"]:
-            self.infer_task.model.network(device)  # raises NoTrainedWeightsError with the reason
-        mtime = os.path.getmtime(weights) if status["trained"] else None
+        if not status["trained"]:  # untrained (or allow_untrained) weights rank nothing: the job fails with the reason
+            raise NoTrainedWeightsError(f"uncertainty scoring needs trained weights; {status['message']}")
+        mtime = os.path.getmtime(weights)
         stamp = {"threshold": threshold, "weights": weights, "weights_mtime": mtime, "trained": status["trained"]}
         scores: Dict[str, Dict[str, float]] = {}
         computed: List[str] = []
         failed: Dict[str, str] = {}
         for image_id in _unlabeled(datastore, request):
             stored = datastore.get_image_info(image_id).get(INFO_KEY) or {}
-            if status["trained"] and all(stored.get(k) == v for k, v in stamp.items()) and "mean" in stored:
+            if all(stored.get(k) == v for k, v in stamp.items()) and "mean" in stored:
                 scores[image_id] = {k: stored[k] for k in SCORES}
                 continue
             try:
