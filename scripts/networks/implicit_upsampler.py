@@ -164,7 +164,8 @@ class RegionAwareImplicitUpsampler(nn.Module):
         Target pixel j has the normalised centre ``(2j + 1) / Hq - 1``; in source-cell units
         (source pixel i at i) that is ``(j + 0.5) * h / Hq - 0.5``.
         """
-        h, w, hq, wq = int(source_size[0]), int(source_size[1]), int(output_size[0]), int(output_size[1])
+        # sizes as they come (no int()): under torch.export they stay symbolic, so the export takes any H, W
+        h, w, hq, wq = source_size[0], source_size[1], output_size[0], output_size[1]
         ys = (torch.arange(hq, device=device, dtype=dtype) + 0.5) * (h / hq) - 0.5
         xs = (torch.arange(wq, device=device, dtype=dtype) + 0.5) * (w / wq) - 0.5
         return torch.stack(torch.meshgrid([ys, xs], indexing="ij"), dim=-1)
@@ -195,7 +196,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
         if offset_conv is None:
             return None
         up = feat
-        size = [int(output_size[0]), int(output_size[1])]
+        size = [output_size[0], output_size[1]]
         if [feat.shape[-2], feat.shape[-1]] != size:
             up = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
         off = offset_conv(up)  # (B, 2*k*k, Hq, Wq)
@@ -236,7 +237,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
             raise ValueError(f"expected features (B, {self.in_channels}, h, w), got {feat.shape}")
         if len(output_size) != 2:
             raise ValueError(f"output_size must be two positive ints (Hq, Wq), got {output_size}")
-        hq, wq = int(output_size[0]), int(output_size[1])
+        hq, wq = output_size[0], output_size[1]  # no int(): under torch.export they stay symbolic (any H, W)
         if hq < 1 or wq < 1:
             raise ValueError(f"output_size must be positive, got {output_size}")
         return hq, wq
