@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from scripts import BUNDLE_ROOT
-from tools.benchmarks import levers, training_speed
+from tools.benchmarks import ab, training_speed
 
 
 @pytest.fixture
@@ -62,19 +62,28 @@ def test_training_speed_writes_json(tmp_path, tiny):
     assert result["network_args"]["convs_per_block"] == 1
 
 
+def test_ab_variant_spec_and_round_order():
+    v = ab.parse_variant("fp32=HEAD~1 MALLOC_MMAP_MAX_=0 --set cpu_bf16=false --batch 4")
+    assert (v.name, v.ref, v.env, v.args) == ("fp32", "HEAD~1", {"MALLOC_MMAP_MAX_": "0"}, ("--set", "cpu_bf16=false", "--batch", "4"))
+    assert ab.parse_variant("head=.") == ab.Variant("head", ".")
+    for bad in ("no_ref=", "bad name=.", "=."):
+        with pytest.raises(ValueError, match="NAME=REF"):
+            ab.parse_variant(bad)
+    a, b, c = (ab.Variant(n) for n in "abc")
+    assert ab.round_order([a, b, c], 0) == [a, b, c] and ab.round_order([a, b, c], 1) == [c, b, a]
+
+
 @pytest.mark.timeout(300)
-def test_lever_comparison_interleaves(tmp_path, monkeypatch, tiny):
-    monkeypatch.setitem(
-        levers.LEVERS, "tiny:num_samples", (levers._v(tiny), levers._v({**tiny, "num_samples": 1}, threads=1))
-    )
-    out = tmp_path / "levers.json"
-    result = levers.main(["--levers", "tiny:num_samples", "--rounds", "2", "--iterations", "1", "--warmup", "0",
-                          "--json", str(out)])
-    row = json.loads(out.read_text())["levers"]["tiny:num_samples"]
-    assert len(row["per_round"]["wall_a"]) == 2 and len(row["per_round"]["wall_b"]) == 2
-    assert row["wall"]["ratio_min"] <= row["wall"]["ratio_median"] <= row["wall"]["ratio_max"]
-    assert result["levers"]["tiny:num_samples"]["b"]["threads"] == 1
-    assert "| tiny:num_samples |" in levers.markdown_table(result)
+def test_ab_runs_each_variant_in_its_own_process_and_reports_ratios(tmp_path, tiny):
+    sets = " ".join(f"--set {key}={json.dumps(value, separators=(',', ':'))}" for key, value in tiny.items())
+    base = "--iterations 1 --warmup 0 --skip_flops --inference_runs 1 --reference_runs 0 --augment_images 0"
+    summary = ab.main(["--variant", f"one=. {sets}", "--variant", f"two=. OMP_PROC_BIND=false {sets} --set num_samples=1",
+                       "--rounds", "1", "--out", str(tmp_path), "--base_args", base])
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    two = summary["variants"]["two"]
+    assert two["env"] == {"OMP_PROC_BIND": "false"} and len(two["step_wall_median_s"]) == 1
+    assert two["step_ratio"] == [round(two["step_wall_median_s"][0] / summary["variants"]["one"]["step_wall_median_s"][0], 3)]
+    assert json.loads((tmp_path / "two_1.json").read_text())["inference"]["num_samples"] == 1
 
 
 def test_inference_latency_times_the_default_inference_path(tmp_path):
@@ -94,7 +103,7 @@ def test_inference_latency_times_the_default_inference_path(tmp_path):
 
 def test_instance_norm_layouts_checks_gradients_and_times_both_norms(tmp_path):
     """The norm benchmark finds PyTorch's wrong one-image gradient, ours right, and times both in rounds."""
-    from tools.benchmarks import instance_norm_layouts
+    from tools.studies import instance_norm_layouts
 
     out = tmp_path / "norm.json"
     threads = torch.get_num_threads()

@@ -12,7 +12,7 @@ def test_recipe_ours_is_the_bundle_defaults_and_paper_adds_its_file(bundle_root)
     paper = recipe_config_files("paper")
     assert paper == [*DEFAULT_CONFIG_FILES, "configs/recipes/brain_growth_paper.yaml"]
     assert (bundle_root / paper[-1]).is_file()
-    # the issue-12 variants are merged after the paper's file, in order
+    # the paper's variants are merged after the paper's file, in order
     for name, extra in (("paper_bn", "brain_growth_paper_bn.yaml"), ("paper_mm_code", "brain_growth_medical_matting_code.yaml")):
         files = recipe_config_files(name)
         assert files == [*paper, f"configs/recipes/{extra}"] and all((bundle_root / f).is_file() for f in files)

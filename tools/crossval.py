@@ -58,6 +58,7 @@ from scripts import BUNDLE_ROOT
 from scripts.atomic import remove_stale_temporaries, write_text_atomic
 from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
+from tools.processes import bundle_env
 
 __all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "fold_config", "recipe_mismatch",
            "aggregate_folds", "write_aggregate", "run_crossval", "aggregate_crossval", "main"]
@@ -511,12 +512,9 @@ def run_crossval(
             })
             tracking_args += ["--mlflow_parent_run_id", parent.run_id]
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     jobs = max(1, int(jobs))
-    if jobs > 1:  # split the cores between the concurrent folds instead of oversubscribing them
-        threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # split the cores between the concurrent folds instead of oversubscribing them
+    env = bundle_env(threads_per_job or max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
     status: dict[str, dict[str, Any]] = {}
     status_path = out / "crossval_status.json"
     lock = threading.Lock()

@@ -1,6 +1,6 @@
 """``python -m tools.paper_experiments``: the paper's experiments on Brain-growth in one resumable command.
 
-Issue 12. Every table of ``docs/results/paper_experiments.md`` comes from the runs listed in
+Every table of ``docs/results/paper_experiments.md`` comes from the runs listed in
 :data:`EXPERIMENTS`, each a 4-fold cross-validation (``tools.reproduce.run_recipe``) in
 ``runs/experiments/<name>`` of the default recipe with one thing changed:
 
@@ -55,6 +55,7 @@ from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
 from scripts.digest import sha256_file
 from tools.crossval import DEFAULT_CONFIG_FILES, aggregate_crossval
+from tools.processes import bundle_env
 from tools.provenance import git_commit, library_versions, load_average, machine_info
 from tools.reproduce import HEADINGS, PAPER_ROW, PAPER_TABLE1, RECIPES, prepare_brain_growth, run_recipe
 
@@ -123,9 +124,8 @@ class Experiment:
 HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]", "--latent_filters", "[16,32,64,96]")
 #: the prior / posterior encoders at the U-Net's width, as in every row measured before they were halved
 FULL_WIDTH_LATENT = ("--latent_filters", "[32,64,128,192]")
-#: every training row below was measured with the schedule of the defaults up to metadata 0.5.2 (4 images
-#: per step, 60 epochs, learning rate 5e-4; the default is one image per step for 50 epochs since 0.6.0, at
-#: learning rate 3e-4 since 0.6.2): pinned likewise
+#: every training row below was measured with 4 images per step, 60 epochs and learning rate 5e-4 (the
+#: default now trains one image per step for 50 epochs at 3e-4): pinned likewise, so the rows stay comparable
 BATCH_4 = ("--batch_size", "4")
 LR_5E4 = ("--learning_rate", "5e-4")
 EPOCHS_60 = ("--epochs", "60")
@@ -212,7 +212,7 @@ def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_
                "--progress_bar", "False", *exp.overrides]
         log = open(fold_dir / "log.txt", "w")
         procs.append((k, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=BUNDLE_ROOT,
-                                          env={**os.environ, **env_threads, "PYTHONPATH": str(BUNDLE_ROOT)}), log))
+                                          env=bundle_env(base={**os.environ, **env_threads})), log))
         if len(procs) >= jobs:
             _wait(procs.pop(0), exp, out)
     for p in procs:
@@ -328,7 +328,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
     runs = results.get("experiments", {})
     head = "| row | " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " | SAD vs its reference | wall time |"
     rule = "| --- |" + " --- |" * (len(COLUMNS) + 2)
-    lines = ["# The paper's experiments on Brain-growth (issue 12)", "",
+    lines = ["# The paper's experiments on Brain-growth", "",
              "Written by `python -m tools.paper_experiments` (do not edit by hand; rerun the command, which resumes).",
              "Every row is a 4-fold cross-validation on the 39 Brain-growth cases with the metrics of",
              "docs/results/brain_growth.md (mean +/- standard deviation over the folds, training seed 0). Each row",

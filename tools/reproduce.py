@@ -45,9 +45,9 @@ from tools.provenance import git_commit, library_versions, load_average, machine
 RECIPES: dict[str, tuple[str, ...]] = {
     "ours": (),
     "paper": ("configs/recipes/brain_growth_paper.yaml",),
-    # issue 12: the paper's recipe with batch normalisation (as its authors most likely ran it)
+    # the paper's recipe with batch normalisation (as its authors most likely ran it)
     "paper_bn": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_paper_bn.yaml"),
-    # issue 12: the Medical Matting code base's Brain-growth configuration on the paper's network
+    # the Medical Matting code base's Brain-growth configuration on the paper's network
     "paper_mm_code": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_medical_matting_code.yaml"),
 }
 SHARED_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "brain-growth"
@@ -60,7 +60,7 @@ PAPER_TABLE1 = {
     "Medical Matting (Wang et al. 2021, as published in Xu et al. 2024)": {
         "sad_unknown": 0.4150, "mse_unknown": 0.0467, "grad_unknown": 0.6015},
 }
-# issue 14's goal for the mean over folds (about 25 % below the paper's Ours); the bar: no fold worse than the paper
+# the quality goal for the mean over folds (about 25 % below the paper's Ours); the bar: no fold worse than the paper
 TARGET = {"sad_unknown": 0.30, "mse_unknown": 0.030, "grad_unknown": 0.40}
 PAPER_ROW = "Ours (Xu et al. 2024, as published)"
 COLUMNS = METRIC_NAMES
@@ -76,7 +76,7 @@ def run_name(recipe: str, train_seed: int) -> str:
 
 
 def goal_check(run: dict[str, Any]) -> dict[str, Any]:
-    """Does a run meet issue 14's goal (mean over folds <= TARGET) and bar (no fold worse than the paper)?"""
+    """Does a run meet the quality goal (mean over folds <= TARGET) and bar (no fold worse than the paper)?"""
     paper = PAPER_TABLE1[PAPER_ROW]
     mean_ok = {m: run["mean"].get(m) is not None and run["mean"][m] <= v for m, v in TARGET.items()}
     worse = [f"fold {k} {m}" for k, values in run["folds"].items() for m, v in paper.items()
@@ -169,7 +169,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines.append(f"| ours, `{name}` | " + " | ".join(_fmt(mean.get(c), std.get(c)) for c in COLUMNS) + " |")
     for name, row in PAPER_TABLE1.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
-    lines.append("| goal (issue 14) | " + " | ".join(_fmt(TARGET.get(c)) for c in COLUMNS) + " |")
+    lines.append("| goal | " + " | ".join(_fmt(TARGET.get(c)) for c in COLUMNS) + " |")
     lines.append("")
     lines.append("The two published rows are the paper's Table 1 numbers, copied as targets; they were not")
     lines.append("measured here. Lower is better for every column except Dice and unc. corr.")
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="ours",
                         help="ours: the bundle defaults; paper: + configs/recipes/brain_growth_paper.yaml; "
-                             "paper_bn, paper_mm_code: + the files of RECIPES (issue 12)")
+                             "paper_bn, paper_mm_code: + the files of RECIPES")
     parser.add_argument("--source", default=None, help="brain_growth_alpha.zip (path or URL); default ../shared, else the published URL")
     parser.add_argument("--trimaps", default=None, help="trimap_brain.zip (path or URL); default as --source")
     parser.add_argument("--data_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))

@@ -1,10 +1,10 @@
-"""``python -m tools.benchmarks.instance_norm_layouts``: instance normalisation on a channels-last network.
+"""``python -m tools.studies.instance_norm_layouts``: instance normalisation on a channels-last network.
 
 Compares, on the U-Nets' unit (conv 3x3 -> instance norm -> ReLU, twice; channels-last, forward and
 backward, bfloat16 autocast as in training, one thread by default):
 
-- ``pytorch``: ``F.instance_norm`` followed by a copy back to channels-last (the layout-keeping norm
-  of metadata 0.5.1): PyTorch reshapes the batch into channels, which needs NCHW, so the input, the
+- ``pytorch``: ``F.instance_norm`` followed by a copy back to channels-last (the earlier layout-keeping
+  norm): PyTorch reshapes the batch into channels, which needs NCHW, so the input, the
   output and the backward's gradients are copied between layouts;
 - ``per_image``: :class:`scripts.networks.blocks.LayoutKeepingInstanceNorm2d` (``F.batch_norm`` on
   each image's (1, C, H, W) slice, on the channels-last layout).
@@ -15,7 +15,7 @@ of four channels-last images (PyTorch 2.13's ``instance_norm`` gets the one-imag
 
 Hand-written glue (no library benchmarks two implementations of one layer). Example::
 
-    python -m tools.benchmarks.instance_norm_layouts --rounds 4 --json runs/instance_norm_layouts.json
+    python -m tools.studies.instance_norm_layouts --rounds 4 --json runs/instance_norm_layouts.json
 """
 
 from __future__ import annotations
