@@ -66,6 +66,20 @@ def test_goal_check_and_seed_summary(tmp_path):
     assert "folds worse than the paper's row: fold 0 sad_unknown" in text  # the paper recipe's bad fold
 
 
+def test_only_fold_0s_figure_goes_next_to_the_report(tmp_path):
+    from tools.reproduce import fold_figures
+
+    cv_dir = tmp_path / "runs" / "ours"
+    for k in range(4):
+        (cv_dir / f"fold{k}").mkdir(parents=True)
+        (cv_dir / f"fold{k}" / f"figure_fold{k}.png").write_bytes(bytes([k]))
+    results = tmp_path / "results"
+    assert fold_figures(cv_dir, "ours", results) == ["figures/brain_growth_ours_fold0.png"]
+    assert [p.name for p in (results / "figures").iterdir()] == ["brain_growth_ours_fold0.png"]
+    assert (results / "figures" / "brain_growth_ours_fold0.png").read_bytes() == bytes([0])
+    assert fold_figures(tmp_path / "empty", "ours", results) == []
+
+
 def test_release_stores_half_precision_weights_that_load_into_the_float32_network(tmp_path):
     import torch
 

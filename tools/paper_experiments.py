@@ -7,7 +7,8 @@ Every table of ``docs/results/paper_experiments.md`` comes from the runs listed 
 - **Table 2** (the paper's ablations): the upsampling (bilinear, LIIF local ensemble, region-aware),
   the number of fused scales (1, 2, 3) and the implicit kernel size (1, 2, 3), beside the paper's
   Table 2 as published; and the learned sampling offsets of the region-aware rows
-  (``figures/offsets_<name>.png``, fold 0's model on a test case of fold 0);
+  (``figures/offsets_default.png`` beside the report, the variants' ``figures/offsets_<name>.png`` in
+  their run folders; fold 0's model on a test case of fold 0);
 - **recipe ablation**: each change of the default recipe against the paper undone (instance
   normalisation with the 10x learning rate, the half-width Prob. U-Net, the test-time flips, and
   bfloat16 with 60 epochs);
@@ -363,7 +364,9 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
             if figs:
                 lines += ["", "Learned sampling positions (red) of the region-aware rows, fold 0's model on a test "
                           "case of fold 0, at six border pixels (0.1 < true alpha < 0.9):", ""]
-                lines += [f"![{name}]({fig})" for name, fig in sorted(figs.items())]
+                lines += [f"![{name}]({fig})" for name, fig in sorted(figs.items()) if not fig.startswith("untracked:")]
+                lines += [f"- `{name}`: `{fig.removeprefix('untracked:')}` (not tracked)" for name, fig in sorted(figs.items())
+                          if fig.startswith("untracked:")]
         if table == "paper_recipe":
             paper = reference.get("recipes", {}).get("paper")
             if paper:
@@ -457,13 +460,14 @@ def _report(results: dict[str, Any], reference_path: Path, results_dir: Path, wo
     figs = results.setdefault("offset_figures", {})
     candidates = [("default", defaults_dir / "ours")] + [(e.name, work_dir / e.name) for e in EXPERIMENTS if e.offsets]
     for name, cv_dir in candidates:
-        png = results_dir / "figures" / f"offsets_{name}.png"
+        # one figure next to the report (the default's); the variants' figures stay in their run folders
+        png = (results_dir if name == "default" else cv_dir) / "figures" / f"offsets_{name}.png"
         if name in figs or not (cv_dir / "fold0" / "models" / "model.pt").is_file():
             continue
         try:
             offset_figure(name, cv_dir, Path(json.loads((cv_dir / "crossval.json").read_text())["dataset_dir"])
                           if (cv_dir / "crossval.json").is_file() else BUNDLE_ROOT / "data" / "brain-growth", png)
-            figs[name] = str(png.relative_to(results_dir))
+            figs[name] = str(png.relative_to(results_dir)) if name == "default" else f"untracked:{png}"
         except (OSError, ValueError, KeyError) as e:
             print(f"[paper_experiments] offsets of {name}: not drawn ({e})", file=sys.stderr, flush=True)
     reference = json.loads(reference_path.read_text()) if reference_path.is_file() else {}

@@ -8,7 +8,8 @@ the published addresses with their pinned sha256), runs the 4-fold cross-validat
 - ``docs/results/brain_growth_cv.json``: per recipe, per fold and mean +/- std of every metric,
   with ``command``, ``commit``, ``machine``, ``versions`` and ``total_seconds``;
 - ``docs/results/brain_growth.md``: the tables beside the paper's published Table 1 rows;
-- ``docs/results/figures/brain_growth_<recipe>_fold<k>.png``: the evaluation figure of each fold.
+- ``docs/results/figures/brain_growth_ours_fold0.png``: fold 0's evaluation figure of the default's seed-0 run
+  (every fold's figure stays in the run's folder under ``runs/``).
 
 A recipe is ``configs/train.yaml`` + ``configs/evaluate.yaml`` with an optional override file
 merged after them (:data:`RECIPES`): ``ours`` is the bundle's defaults as they are, ``paper`` adds
@@ -129,15 +130,25 @@ def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None
 
 
 def fold_figures(cv_dir: Path, recipe: str, results_dir: Path) -> list[str]:
-    """Copy each fold's evaluation figure next to the report; returns their paths relative to it."""
-    out = []
-    fig_dir = results_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for fig in sorted(cv_dir.glob("fold*/figure_fold*.png")):
-        dest = fig_dir / f"brain_growth_{recipe}_{fig.parent.name}.png"
-        shutil.copyfile(fig, dest)
-        out.append(str(dest.relative_to(results_dir)))
-    return out
+    """Copy fold 0's evaluation figure next to the report (one figure per report); returns its path relative to it.
+
+    The other folds' figures stay in ``cv_dir`` (under ``runs/``, not tracked): a figure committed for
+    every fold and run would be a new binary in the history at every rerun."""
+    first = sorted(cv_dir.glob("fold*/figure_fold*.png"))[:1]
+    if not first:
+        return []
+    dest = results_dir / "figures" / f"brain_growth_{recipe}_{first[0].parent.name}.png"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(first[0], dest)
+    return [str(dest.relative_to(results_dir))]
+
+
+def _bundle_relative(path: str | Path) -> str:
+    """``path`` relative to the bundle root when it lies inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(BUNDLE_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _fmt(value: float | None, std: float | None = None) -> str:
@@ -201,6 +212,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines.append("")
         for fig in run["figures"]:
             lines.append(f"![{name} {fig}]({fig})")
+        if run.get("cv_dir"):
+            lines.append(f"Every fold's figure: `{_bundle_relative(run['cv_dir'])}/fold<k>/figure_fold<k>.png` (not tracked).")
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -210,7 +223,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
     """Cross-validate one recipe and return its report entry (commit taken before the folds run).
 
     ``name`` (default :func:`run_name`) is the run's folder in ``work_dir``; ``copy_figures=False``
-    leaves the fold figures in that folder instead of copying them next to the report."""
+    leaves the fold figures in that folder instead of copying fold 0's next to the report."""
     commit = git_commit()
     load_before = load_average()
     name = name or run_name(recipe, train_seed)
@@ -248,7 +261,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
         "mean": agg["mean"],
         "std": agg["std"],
         "pooled_mean": agg["pooled_mean"],
-        "figures": fold_figures(cv_dir, name, results_dir) if copy_figures else [],
+        "figures": fold_figures(cv_dir, name, results_dir) if copy_figures and name == "ours" else [],
         "cv_dir": str(cv_dir),
     }
 
