@@ -1,7 +1,10 @@
 """The tools package: recipe table of the reproduction, shared metric tables, command-line spellings."""
 
+import os
+
 import pytest
 
+from scripts import BUNDLE_ROOT
 from scripts.handlers.metric_tables import summarize_values, write_csv_atomic
 from tools.crossval import DEFAULT_CONFIG_FILES
 from tools.reproduce import RECIPES, recipe_config_files
@@ -116,3 +119,50 @@ def test_release_stores_half_precision_weights_that_load_into_the_float32_networ
         stored_state_dict({"w": torch.tensor([1e6])})
     ints = stored_state_dict({"n": torch.tensor([3])})
     assert ints["n"].dtype == torch.int64
+
+
+def test_demo_recipe_uses_bfloat16_only_on_cpus_with_native_bfloat16(tmp_path):
+    from tools.demo import DEMO_OVERRIDES, demo_overrides, native_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    assert native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert not native_bf16(cpuinfo) and not native_bf16(tmp_path / "missing")
+    assert demo_overrides(12, bf16=False) == {**DEMO_OVERRIDES, "epochs": "12", "cpu_bf16": "False"}
+    assert demo_overrides(bf16=True)["cpu_bf16"] == "True"
+
+
+def test_demo_names_every_metric_outside_its_expected_range():
+    from tools.demo import EXPECTED, check_metrics
+
+    good = {name: {"mean": bound + (0.01 if kind == "min" else -0.01)} for name, kind, bound in EXPECTED}
+    assert check_metrics(good) == []
+    bad = {**good, "dice": {"mean": 0.0}, "unc_corr": {"mean": None}}
+    lines = check_metrics(bad)
+    assert len(lines) == 2 and lines[0].startswith("dice = 0.0 (at least") and lines[1].startswith("unc_corr = None")
+
+
+def test_known_library_warnings_are_filtered_and_others_still_show():
+    import logging
+    import warnings
+
+    from scripts.known_warnings import silence_known_warnings
+    from tools.processes import bundle_env
+
+    silence_known_warnings()
+    silence_known_warnings()  # idempotent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        silence_known_warnings()
+        warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully. x")
+        warnings.warn("The given NumPy array is not writable, and PyTorch does not support non-writable tensors.")
+        warnings.warn("another warning")
+    assert [str(w.message) for w in caught] == ["another warning"]
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "nvImageCodec is not available; x", (), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "something else", (), None)
+    assert not logger.filter(record) and logger.filter(other)
+    env = bundle_env(threads=1, base={"PYTHONWARNINGS": "error::DeprecationWarning", "PYTHONPATH": "/x"})
+    assert env["PYTHONWARNINGS"] == "error::DeprecationWarning,ignore:parsing config_file:UserWarning"
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(BUNDLE_ROOT), "/x"] and env["OMP_NUM_THREADS"] == "1"

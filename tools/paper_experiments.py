@@ -59,6 +59,7 @@ from tools.crossval import DEFAULT_CONFIG_FILES, aggregate_crossval
 from tools.processes import bundle_env
 from tools.provenance import git_commit, library_versions, load_average, machine_info
 from tools.reproduce import HEADINGS, PAPER_ROW, PAPER_TABLE1, RECIPES, prepare_brain_growth, run_recipe
+from tools.tables import fmt
 
 __all__ = ["Experiment", "EXPERIMENTS", "PAPER_TABLE2", "TABLES", "run_experiment", "write_report", "main"]
 
@@ -288,11 +289,6 @@ def offset_figure(exp_name: str, cv_dir: Path, data_dir: Path, out_png: Path, nu
                               title=f"{exp_name}: learned sampling positions ({case['case']}, fold 0 model, {name})")
 
 
-def _fmt(value: float | None, std: float | None = None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if std is None else f"{value:.4f} +/- {std:.4f}"
-
 
 def _delta(value: float | None, ref: float | None) -> str:
     if value is None or not ref:
@@ -315,11 +311,11 @@ def _reference_rows(ref: dict[str, Any]) -> list[str]:
     seed0, seeds = ref.get("seed0"), ref.get("seeds")
     if seed0:
         rows.append(f"| {ref['label']} (seed 0, `{str(seed0.get('commit', '?'))[:12]}`) | "
-                    + " | ".join(_fmt(seed0["mean"].get(c), seed0["std"].get(c)) for c in COLUMNS)
+                    + " | ".join(fmt(seed0["mean"].get(c), seed0["std"].get(c)) for c in COLUMNS)
                     + f" | 0 | {seed0['total_seconds']:.0f} s |")
     if seeds:
         rows.append(f"| {ref['label']}, {len(seeds['seeds'])} seeds (spread over seeds) | "
-                    + " | ".join(_fmt(seeds["mean"].get(c), seeds["std"].get(c)) for c in COLUMNS) + " | | |")
+                    + " | ".join(fmt(seeds["mean"].get(c), seeds["std"].get(c)) for c in COLUMNS) + " | | |")
     return rows
 
 
@@ -349,7 +345,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
                 continue
             exp_ref = refs.get(exp.reference, {}).get("seed0") or {}
             lines.append(f"| {exp.label} (`{exp.name}`) | "
-                         + " | ".join(_fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
+                         + " | ".join(fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
                          + f" | {_delta(run['mean'].get('sad_unknown'), exp_ref.get('mean', {}).get('sad_unknown'))}"
                          + (f" (vs {exp.reference})" if len(used) > 1 else "")
                          + f" | {run['total_seconds']:.0f} s" + _resumed_note(run) + " |")
@@ -358,7 +354,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
                       "section 3.3 says Brain-growth, and the values are ten times below the paper's own Brain-growth",
                       "row of Table 1, so only the ordering of the rows can be compared):", "",
                       "| row (published) | SAD | MSE | Grad |", "| --- | --- | --- | --- |"]
-            lines += [f"| {label} | " + " | ".join(_fmt(v) for v in row.values()) + " |"
+            lines += [f"| {label} | " + " | ".join(fmt(v) for v in row.values()) + " |"
                       for label, row in PAPER_TABLE2.items()]
             figs = results.get("offset_figures", {})
             if figs:
@@ -371,9 +367,9 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
             paper = reference.get("recipes", {}).get("paper")
             if paper:
                 lines.append("| literal reading, no normalisation (`paper`, docs/results/brain_growth.md) | "
-                             + " | ".join(_fmt(paper["mean"].get(c), paper["std"].get(c)) for c in COLUMNS)
+                             + " | ".join(fmt(paper["mean"].get(c), paper["std"].get(c)) for c in COLUMNS)
                              + f" | {_delta(paper['mean'].get('sad_unknown'), ref_sad)} | {paper['total_seconds']:.0f} s |")
-            lines.append(f"| {PAPER_ROW} | " + " | ".join(_fmt(PAPER_TABLE1[PAPER_ROW].get(c)) for c in COLUMNS)
+            lines.append(f"| {PAPER_ROW} | " + " | ".join(fmt(PAPER_TABLE1[PAPER_ROW].get(c)) for c in COLUMNS)
                          + " | | |")
         lines.append("")
     lines += ["## Runs", "", "| run | command | overrides | commit | load before / after | machine |",

@@ -41,6 +41,7 @@ from scripts.handlers.metric_tables import summarize_values
 from scripts.metric_names import METRIC_NAMES
 from tools.crossval import DEFAULT_CONFIG_FILES, run_crossval
 from tools.provenance import git_commit, library_versions, load_average, machine_info
+from tools.tables import fmt, md_row, md_rule
 
 #: recipe name -> the override files merged, in order, after train.yaml and evaluate.yaml (none: the bundle defaults)
 RECIPES: dict[str, tuple[str, ...]] = {
@@ -151,11 +152,6 @@ def _bundle_relative(path: str | Path) -> str:
         return str(path)
 
 
-def _fmt(value: float | None, std: float | None = None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if std is None else f"{value:.4f} +/- {std:.4f}"
-
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     """The human-readable report: our rows per recipe, the paper's published rows, then each recipe's
@@ -172,15 +168,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "## Mean over folds",
         "",
-        "| row | " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " |",
-        "| --- |" + " --- |" * len(COLUMNS),
+        md_row(["row", *(HEADINGS.get(c, c) for c in COLUMNS)]),
+        md_rule(len(COLUMNS) + 1),
     ]
     for name, run in results["recipes"].items():
         mean, std = run["mean"], run["std"]
-        lines.append(f"| ours, `{name}` | " + " | ".join(_fmt(mean.get(c), std.get(c)) for c in COLUMNS) + " |")
+        lines.append(md_row([f"ours, `{name}`", *(fmt(mean.get(c), std.get(c)) for c in COLUMNS)]))
     for name, row in PAPER_TABLE1.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
-    lines.append("| goal | " + " | ".join(_fmt(TARGET.get(c)) for c in COLUMNS) + " |")
+        lines.append(md_row([name, *(fmt(row.get(c)) for c in COLUMNS)]))
+    lines.append(md_row(["goal", *(fmt(TARGET.get(c)) for c in COLUMNS)]))
     lines.append("")
     lines.append("The two published rows are the paper's Table 1 numbers, copied as targets; they were not")
     lines.append("measured here. Lower is better for every column except Dice and unc. corr.")
@@ -189,8 +185,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   "Mean +/- standard deviation over the seeds of each run's mean over folds (runs: "
                   + ", ".join(f"`{r}`" for r in summary["runs"]) + "; wall times "
                   + ", ".join(f"{t:.0f} s" for t in summary["total_seconds"]) + ").", "",
-                  "| " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
-                  "| " + " | ".join(_fmt(summary["mean"].get(c), summary["std"].get(c)) for c in COLUMNS) + " |"]
+                  md_row(HEADINGS.get(c, c) for c in COLUMNS), md_rule(len(COLUMNS)),
+                  md_row(fmt(summary["mean"].get(c), summary["std"].get(c)) for c in COLUMNS)]
     for name, run in results["recipes"].items():
         lines += ["", f"## Recipe `{name}`", ""]
         check = goal_check(run)
@@ -204,11 +200,11 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   f"- goal (mean SAD <= {TARGET['sad_unknown']}, MSE <= {TARGET['mse_unknown']}, Grad <= "
                   f"{TARGET['grad_unknown']}): {'met' if check['goal_met'] else 'not met'}; folds worse than the "
                   f"paper's row: {', '.join(check['folds_worse_than_paper']) or 'none'}", ""]
-        lines.append("| fold | cases | " + " | ".join(COLUMNS) + " | seconds |")
-        lines.append("| --- | --- |" + " --- |" * (len(COLUMNS) + 1))
+        lines.append(md_row(["fold", "cases", *COLUMNS, "seconds"]))
+        lines.append(md_rule(len(COLUMNS) + 3))
         for k, values in run["folds"].items():
-            lines.append(f"| {k} | {run['num_cases'][k]} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS)
-                         + f" | {run['fold_seconds'].get(k, 'n/a')} |")
+            lines.append(md_row([k, run["num_cases"][k], *(fmt(values.get(c)) for c in COLUMNS),
+                                 run["fold_seconds"].get(k, "n/a")]))
         lines.append("")
         for fig in run["figures"]:
             lines.append(f"![{name} {fig}]({fig})")
