@@ -517,16 +517,9 @@ class CrossvalPlan:
     cv_id: str
 
 
-def plan_crossval(
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    folds: Sequence[int] | None = None,
-    config_files: Sequence[str] = DEFAULT_CONFIG_FILES,
-    overrides: Sequence[str] = (),
-    run_id: str = "train_evaluate",
-    cv_id: str | None = None,
-    aggregate: bool = True,
-) -> CrossvalPlan:
+def plan_crossval(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike, folds: Sequence[int] | None = None,
+                  config_files: Sequence[str] = DEFAULT_CONFIG_FILES, overrides: Sequence[str] = (),
+                  run_id: str = "train_evaluate", cv_id: str | None = None, aggregate: bool = True) -> CrossvalPlan:
     """Check the output folder and the finished folds, and decide which folds run (arguments of :func:`run_crossval`).
 
     Raises:
