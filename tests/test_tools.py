@@ -166,3 +166,11 @@ def test_known_library_warnings_are_filtered_and_others_still_show():
     env = bundle_env(threads=1, base={"PYTHONWARNINGS": "error::DeprecationWarning", "PYTHONPATH": "/x"})
     assert env["PYTHONWARNINGS"] == "error::DeprecationWarning,ignore:parsing config_file:UserWarning"
     assert env["PYTHONPATH"].split(os.pathsep) == [str(BUNDLE_ROOT), "/x"] and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_demo_trains_with_one_thread_only_when_the_cores_are_busy():
+    from tools.demo import training_threads
+
+    assert training_threads(load_average=0.2, cpus=2) is None
+    assert training_threads(load_average=1.0, cpus=2) == 1 and training_threads(load_average=11.0, cpus=2) == 1
+    assert training_threads(load_average=3.0, cpus=16) is None
