@@ -120,7 +120,7 @@ def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None
     from scripts.data.prepare import prepare_dataset
 
     if (data_dir / "datalist.json").is_file():
-        print(f"[reproduce] dataset already prepared at {data_dir}", flush=True)
+        print(f"[data] Brain-growth already prepared at {data_dir}", flush=True)
         return data_dir
     if source is None and (SHARED_DIR / "brain_growth_alpha.zip").is_file():
         source = str(SHARED_DIR / "brain_growth_alpha.zip")
