@@ -49,6 +49,7 @@ from scripts.atomic import write_text_atomic
 from scripts.metrics.matting import compute_grad, compute_mse, compute_sad, quantize_alpha
 from scripts.handlers.prediction_writer import case_name_from_path
 from tools.provenance import git_commit, load_average
+from tools.tables import fmt, md_row, md_rule
 
 __all__ = ["RECALIBRATION_BINS", "ROWS", "error_breakdown", "recalibration_oracle", "load_truth", "load_predictions",
            "main"]
@@ -163,10 +164,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows["each folder, mean"] = {k: statistics.fmean(rows[d][k] for d in preds) for k in ROWS}
     result = {"command": "python -m tools.studies.error_analysis " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": git_commit(), "load_average": load_average(), "cases": len(truth), "rows": rows}
-    print("| predictions | " + " | ".join(ROWS) + " |")
-    print("| --- |" + " ---: |" * len(ROWS))
+    print(md_row(["predictions", *ROWS]))
+    print("| --- |" + md_rule(len(ROWS), "---:")[1:])
     for name, values in rows.items():
-        print(f"| {name} | " + " | ".join(f"{values[k]:.4f}" for k in ROWS) + " |")
+        print(md_row([name, *(fmt(values[k]) for k in ROWS)]))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     return result

@@ -41,6 +41,7 @@ from scripts.metrics import compute_uncertainty_rater_correlation
 from scripts.networks.uncertainty import binary_entropy_uncertainty, sample_std_uncertainty
 from scripts.workflows.inference import load_trained_network
 from tools.provenance import git_commit, load_average
+from tools.tables import fmt, md_row, md_rule
 
 __all__ = ["CANDIDATES", "candidate_maps", "study_fold", "main"]
 
@@ -101,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {"command": "python -m tools.studies.uncertainty_study " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": git_commit(), "load_average": load_average(), "crossval_dir": str(cv_dir),
               "folds": per_fold, "mean_over_folds": mean}
-    print("| " + " | ".join(names) + " |")
-    print("|" + " --- |" * len(names))
+    print(md_row(["fold", *names]))
+    print(md_rule(len(names) + 1))
     for fold, values in per_fold.items():
-        print(f"| {fold}: " + " | ".join("n/a" if values[n] is None else f"{values[n]:.3f}" for n in names) + " |")
-    print("| mean: " + " | ".join(f"{mean[n]:.3f}" for n in names) + " |")
+        print(md_row([fold, *(fmt(values[n], digits=3) for n in names)]))
+    print(md_row(["mean", *(fmt(mean[n], digits=3) for n in names)]))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     return result
