@@ -14,8 +14,9 @@ continuous 2D domain (LIIF convention: pixel centres, normalised coordinates in 
 4. Each code is sampled bilinearly from the *original* source map at its (moved) position
    ``x_i`` (``grid_sample``, all k x k samples in one call); the two-layer MLP ``f_theta`` decodes
    ``[z_i, x_q - x_i]``; the k x k decoded values are summed (optionally weighted by LIIF's
-   areas, k = 2 only). ``decode_reference`` does exactly this; ``forward`` gives the same result
-   faster by moving the MLP's linear parts out of the per-code work (see its docstring).
+   areas, k = 2 only). ``forward`` computes exactly this, faster, by moving the MLP's linear parts
+   out of the per-code work (see its docstring); the literal form is the reference of the tests
+   (``tests/test_networks_implicit.py``).
 
 Hand-written: no maintained library provides this function (LIIF is a research repository).
 Codes are sampled with ``grid_sample``, which gives the same values as the paper's
@@ -253,27 +254,11 @@ class RegionAwareImplicitUpsampler(nn.Module):
         area = (rel[..., 0].abs() + eps) * (rel[..., 1].abs() + eps)
         return area.flip(1) / area.sum(dim=1, keepdim=True)
 
-    def decode_reference(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
-        """Equation (2) literally: sample each code, run ``f_theta`` on ``[z_i, x_q - x_i]``, sum.
-
-        Same result as :meth:`forward` (which reorders the linear parts for speed); kept as the
-        readable definition and for tests.
-        """
-        hq, wq = self._check(feat, output_size)
-        b, kk = feat.shape[0], self.kernel_size * self.kernel_size
-        query, pos = self.positions(feat, [hq, wq])
-        codes = self._sample(feat, pos)  # (B, C, K*Hq, Wq)
-        rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
-        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
-        pred = self.mlp(torch.cat([codes, rel_map], dim=1)).view(b, self.out_channels, kk, hq, wq)
-        if self.area_weighting:
-            return (pred * self._ensemble_weights(rel).to(pred.dtype).unsqueeze(1)).sum(dim=2)
-        return pred.sum(dim=2)
-
     def forward(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
         """Decode ``feat`` (B, C, h, w) at the target grid ``output_size`` -> (B, out_channels, Hq, Wq).
 
-        Computes :meth:`decode_reference` with exact rewrites of the MLP's linear layers: the
+        Computes equation (2) (sample each code, run ``f_theta`` on ``[z_i, x_q - x_i]``, sum) with
+        exact rewrites of the MLP's linear layers: the
         second layer is applied *after* the sum over the k x k codes (it is linear), and, when the
         hidden width is not larger than C, the first layer's code part ``W_z z + b`` is applied to
         the source map *before* sampling (bilinear sampling is linear with weights summing to 1,

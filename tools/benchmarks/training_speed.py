@@ -5,7 +5,7 @@ Usage::
     OMP_NUM_THREADS=2 python -m tools.benchmarks.training_speed --iterations 20 --warmup 3 \\
         --json speed.json [--threads 2] [--bf16] [--compile] [--set prob_filters=[16,32,64,96] ...]
 
-What it measures (one configuration per run; ``tools.benchmarks.levers`` compares two):
+What it measures (one configuration per run; ``tools.benchmarks.ab`` compares several):
 
 - **training throughput**: the network, loss, optimiser and augmentation settings come from
   ``configs/train.yaml`` (``--config``; ``--set ID=VALUE`` overrides any config id, e.g.

@@ -1,4 +1,4 @@
-"""``python -m tools.error_analysis``: where the mattes' error lies, and what no retraining could remove.
+"""``python -m tools.studies.error_analysis``: where the mattes' error lies, and what no retraining could remove.
 
 Reads the predictions that the evaluation wrote (``fold<k>/predictions/<case>_alpha.npy``) of one or
 more cross-validation folders (``tools.crossval`` / ``tools.reproduce``; several folders: the same
@@ -27,7 +27,7 @@ library offers. Reads only ``.npy`` files (``allow_pickle=False``) and the prepa
 
 Example::
 
-    python -m tools.error_analysis --crossval_dirs runs/brain-growth/ours runs/brain-growth/ours_seed1 \\
+    python -m tools.studies.error_analysis --crossval_dirs runs/brain-growth/ours runs/brain-growth/ours_seed1 \\
         --json docs/results/error_analysis.json
 """
 
@@ -49,6 +49,7 @@ from scripts.atomic import write_text_atomic
 from scripts.metrics.matting import compute_grad, compute_mse, compute_sad, quantize_alpha
 from scripts.handlers.prediction_writer import case_name_from_path
 from tools.provenance import git_commit, load_average
+from tools.tables import fmt, md_row, md_rule
 
 __all__ = ["RECALIBRATION_BINS", "ROWS", "error_breakdown", "recalibration_oracle", "load_truth", "load_predictions",
            "main"]
@@ -144,7 +145,7 @@ def load_predictions(crossval_dir: Path, truth: dict[str, tuple[int, torch.Tenso
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m tools.error_analysis", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.studies.error_analysis", description=__doc__.split("\n\n")[0])
     parser.add_argument("--crossval_dirs", nargs="+", required=True,
                         help="cross-validation folders with fold<k>/predictions/<case>_alpha.npy")
     parser.add_argument("--dataset_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))
@@ -161,12 +162,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(preds) > 1:
         rows["mean of the folders"] = error_breakdown(torch.stack(list(preds.values())).mean(dim=0), alpha, unknown)
         rows["each folder, mean"] = {k: statistics.fmean(rows[d][k] for d in preds) for k in ROWS}
-    result = {"command": "python -m tools.error_analysis " + " ".join(sys.argv[1:] if argv is None else argv),
+    result = {"command": "python -m tools.studies.error_analysis " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": git_commit(), "load_average": load_average(), "cases": len(truth), "rows": rows}
-    print("| predictions | " + " | ".join(ROWS) + " |")
-    print("| --- |" + " ---: |" * len(ROWS))
+    print(md_row(["predictions", *ROWS]))
+    print("| --- |" + md_rule(len(ROWS), "---:")[1:])
     for name, values in rows.items():
-        print(f"| {name} | " + " | ".join(f"{values[k]:.4f}" for k in ROWS) + " |")
+        print(md_row([name, *(fmt(values[k]) for k in ROWS)]))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     return result

@@ -15,7 +15,7 @@ scores every variant on all cases with the same metrics:
 
 Example::
 
-    python -m tools.baselines.closed_form_study --dataset_dir data/brain-growth \
+    python -m tools.studies.closed_form_study --dataset_dir data/brain-growth \
         --out docs/results/closed_form_variants_brain_growth.json
 """
 

@@ -1,4 +1,4 @@
-"""``python -m tools.stored_weights_check``: what storing the weights as float16 does to the metrics.
+"""``python -m tools.studies.stored_weights_check``: what storing the weights as float16 does to the metrics.
 
 ``tools.release`` publishes ``models/model.pt`` with its floating-point weights stored as float16
 (:func:`tools.release.stored_state_dict`). This check measures the cost on the cross-validation
@@ -8,7 +8,7 @@ are compared with the run's own float32 evaluation (``fold<k>/metrics.json``).
 
 Example::
 
-    python -m tools.stored_weights_check --run runs/brain-growth/ours --out runs/stored_weights_check
+    python -m tools.studies.stored_weights_check --run runs/brain-growth/ours --out runs/stored_weights_check
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not folds:
         print(f"error: no fold<k>/models/model.pt under {run}", file=sys.stderr)
         return 2
-    summary = {"command": " ".join(["python -m tools.stored_weights_check", *(argv if argv is not None else sys.argv[1:])]),
+    summary = {"command": " ".join(["python -m tools.studies.stored_weights_check", *(argv if argv is not None else sys.argv[1:])]),
                "commit": git_commit(), "machine": machine_info(), "load_average_before": load_average(),
                "store_dtype": args.store_dtype, "run": str(run), "folds": {}}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE_ROOT)}

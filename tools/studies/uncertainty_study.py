@@ -1,4 +1,4 @@
-"""``python -m tools.uncertainty_study``: does the uncertainty map follow the raters' disagreement?
+"""``python -m tools.studies.uncertainty_study``: does the uncertainty map follow the raters' disagreement?
 
 For every fold of a cross-validation folder (``tools.crossval`` / ``tools.reproduce``), loads the
 fold's trained ``model.pt``, predicts its test cases exactly as the evaluation does (the model's own
@@ -20,7 +20,7 @@ fewer than half do), which explains a map that is high over the whole structure.
 
 Example::
 
-    python -m tools.uncertainty_study --crossval_dir runs/brain-growth/ours --json docs/results/uncertainty_study.json
+    python -m tools.studies.uncertainty_study --crossval_dir runs/brain-growth/ours --json docs/results/uncertainty_study.json
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from scripts.metrics import compute_uncertainty_rater_correlation
 from scripts.networks.uncertainty import binary_entropy_uncertainty, sample_std_uncertainty
 from scripts.workflows.inference import load_trained_network
 from tools.provenance import git_commit, load_average
+from tools.tables import fmt, md_row, md_rule
 
 __all__ = ["CANDIDATES", "candidate_maps", "study_fold", "main"]
 
@@ -85,7 +86,7 @@ def study_fold(fold_dir: Path, dataset_dir: Path, fold: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m tools.uncertainty_study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.studies.uncertainty_study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--crossval_dir", required=True, help="cross-validation folder with fold<k>/models/model.pt")
     parser.add_argument("--dataset_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))
     parser.add_argument("--json", help="write the result here")
@@ -98,14 +99,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     per_fold = {p.name: study_fold(p, Path(args.dataset_dir), int(p.name[len("fold"):])) for p in folds}
     names = (*CANDIDATES, "mean_prob_consensus", "mean_prob_rim")
     mean = {n: statistics.fmean(f[n] for f in per_fold.values() if f[n] is not None) for n in names}
-    result = {"command": "python -m tools.uncertainty_study " + " ".join(sys.argv[1:] if argv is None else argv),
+    result = {"command": "python -m tools.studies.uncertainty_study " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": git_commit(), "load_average": load_average(), "crossval_dir": str(cv_dir),
               "folds": per_fold, "mean_over_folds": mean}
-    print("| " + " | ".join(names) + " |")
-    print("|" + " --- |" * len(names))
+    print(md_row(["fold", *names]))
+    print(md_rule(len(names) + 1))
     for fold, values in per_fold.items():
-        print(f"| {fold}: " + " | ".join("n/a" if values[n] is None else f"{values[n]:.3f}" for n in names) + " |")
-    print("| mean: " + " | ".join(f"{mean[n]:.3f}" for n in names) + " |")
+        print(md_row([fold, *(fmt(values[n], digits=3) for n in names)]))
+    print(md_row(["mean", *(fmt(mean[n], digits=3) for n in names)]))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     return result
