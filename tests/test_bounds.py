@@ -112,6 +112,12 @@ def test_header_checks_of_each_format(tmp_path):
     assert check_image_header(tmp_path / "v.nii.gz").shape == (20, 30, 4)
     with pytest.raises(ImageTooLargeError, match="volume 20 x 30 x 4"):
         check_image_header(tmp_path / "v.nii.gz", max_voxels=1000)
+    # a 4-D series: its 4th dimension counts (it is not a channel count that escapes the budget)
+    series = nib.Nifti1Image(np.zeros((20, 30, 4, 3), np.uint8), np.eye(4))
+    nib.save(series, str(tmp_path / "s.nii.gz"))
+    assert check_image_header(tmp_path / "s.nii.gz").voxels == 20 * 30 * 4 * 3
+    with pytest.raises(ImageTooLargeError, match="volume 20 x 30 x 4 x 3"):
+        check_image_header(tmp_path / "s.nii.gz", max_voxels=20 * 30 * 4 * 2)
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 30), np.uint8)), str(tmp_path / "m.nrrd"))
     assert check_image_header(tmp_path / "m.nrrd").shape == (20, 30)
     with pytest.raises(ImageTooLargeError):
