@@ -39,3 +39,19 @@ def test_an_output_folder_must_be_new_empty_or_a_previous_runs(tmp_path):
     with pytest.raises(ValueError, match="notes.txt"):
         prepare_output_dir(old)
     assert (old / "notes.txt").read_text() == "mine"
+
+
+def test_figure_true_writes_image_alpha_and_uncertainty_side_by_side(tmp_path, make_tiny_net):
+    import torch
+    from monai.bundle import run
+
+    torch.save(make_tiny_net().state_dict(), tmp_path / "model.pt")
+    Image.fromarray(np.tile(np.arange(0, 240, 8, dtype=np.uint8), (24, 1))).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    run("inference", config_file=str(BUNDLE_ROOT / "configs" / "inference.yaml"),
+        meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"), bundle_root=str(BUNDLE_ROOT),
+        input_path=str(tmp_path / "a.png"), output_dir=str(out), ckpt_path=str(tmp_path / "model.pt"), figure=True)
+    with Image.open(out / "a_figure.png") as figure:
+        assert figure.size[0] > 2 * figure.size[1]  # three panels in a row
+    assert sorted(p.name for p in out.glob("a_*")) == ["a_alpha.npy", "a_alpha.png", "a_figure.png",
+                                                       "a_uncertainty.npy", "a_uncertainty.png"]
