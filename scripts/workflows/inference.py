@@ -12,6 +12,10 @@ around the pieces defined here, which no library provides:
   arguments), with the checkpoint's weights: whatever recipe trained a model, it is served as is;
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
 - :func:`check_output_dir`: refuses an output folder inside the input folder;
+- :func:`prepare_output_dir`: a new, empty or previous run's output folder (its outputs replaced);
+- :class:`RouteVolumesd`: NIfTI volumes skip the 2-D pipeline; the evaluator infers them slice by
+  slice (``scripts.workflows.volumes.infer_volume``);
+- :func:`run_inference`: the command line's run, ending in one line naming each failed file;
 - :class:`CatchFailuresd` and :func:`collate_with_failures`: a file that fails (unreadable, too
   large, wrong shape, NaN, unwritable) becomes a recorded failure instead of aborting the folder
   (``scripts.handlers.inference_summary.InferenceSummary`` reports them and sets the exit code);
