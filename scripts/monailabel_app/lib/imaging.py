@@ -100,7 +100,7 @@ def write_result(image_path: str, values: np.ndarray, kind: str = "alpha") -> st
     from scripts.handlers.prediction_writer import save_map
 
     suffix = ".nii.gz" if image_format(image_path) == "nifti" else ".png"
-    fd, path = tempfile.mkstemp(suffix=suffix)
+    fd, path = tempfile.mkstemp(prefix="medical_matting_result_", suffix=suffix)
     os.close(fd)
     save_map(values, path, kind=kind, reference=image_path if suffix == ".nii.gz" else None)
     return path

@@ -600,7 +600,7 @@ def finite_float(value: Any, what: str, low: float = -math.inf, high: float = ma
 
 
 #: an absolute path in a message (POSIX or Windows): answers never name the server's files
-_ABSOLUTE_PATH = re.compile(r"""(?:[A-Za-z]:\\|/)(?:[^\s'",;:()\[\]]+[/\\])+[^\s'",;:()\[\]]*""")
+_ABSOLUTE_PATH = re.compile(r"""(?<![^\s'"(\[=])(?:[A-Za-z]:\\|/)(?:[^\s'",;:()\[\]/\\]+[/\\])+[^\s'",;:()\[\]]+""")
 
 
 def redact_paths(text: str) -> str:
@@ -614,11 +614,12 @@ def redact_paths(text: str) -> str:
 
 
 def http_error(e: MattingAppError):
-    """The HTTP answer to a refusal: its status and the one-line reason, without server paths (logged in full)."""
+    """The HTTP answer to a refusal: its status and the one-line reason (messages name no server file:
+    the app's own say ``image`` / ``upload``, decoder messages go through :func:`redact_paths`)."""
     from fastapi import HTTPException
 
     logger.warning(f"request refused ({e.status_code}): {e}")
-    return HTTPException(status_code=e.status_code, detail=redact_paths(str(e)))
+    return HTTPException(status_code=e.status_code, detail=str(e))
 
 
 _http_error = http_error

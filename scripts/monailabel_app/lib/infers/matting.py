@@ -37,7 +37,7 @@ from scripts.workflows.inference import MattingInferer, failure_reason
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError, MattingAppError, UnsupportedStudyImageError
 from ..imaging import image_reader, write_result
-from ..security import check_study_image, finite_float
+from ..security import check_study_image, finite_float, redact_paths
 from ..transforms import PrepareMattingInputd
 
 __all__ = ["MattingInferTask", "MAP_TYPES", "CLIENT_KEYS"]
@@ -140,7 +140,7 @@ class MattingInferTask(BasicInferTask):
                 cause = cause.__cause__
             if isinstance(cause, MattingAppError):
                 raise cause from None
-            raise UnsupportedStudyImageError(f"the image cannot be read: {failure_reason(e)}") from e
+            raise UnsupportedStudyImageError(f"the image cannot be read: {redact_paths(failure_reason(e))}") from e
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
