@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for the two README quickstart commands.
-#   bash run.sh demo   set up .venv (idempotent), then run the main job on the phantom dataset
+#   bash run.sh demo   set up .venv (idempotent), then the demo: train + evaluate on phantoms, serve the shipped weights
 #   bash run.sh test   set up .venv (idempotent), then run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from tools.baselines import classic_matting
 from tools.baselines.bayesian import estimate_alpha_bayesian, orchard_bouman, solve_pairs
-from tools.baselines.closed_form_study import variant_alpha
+from tools.studies.closed_form_study import variant_alpha
 from tools.baselines.information_flow import estimate_alpha_ifm, lle_weights
 from tools.baselines.laplacian import matting_laplacian, solve_alpha
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from scripts import BUNDLE_ROOT
-from tools.benchmarks import levers, training_speed
+from tools.benchmarks import ab, training_speed
 
 
 @pytest.fixture
@@ -48,13 +48,13 @@ def test_training_speed_writes_json(tmp_path, tiny):
     out = tmp_path / "speed.json"
     argv = ["--iterations", "2", "--warmup", "1", "--inference_runs", "1", "--augment_images", "2",
             "--reference-runs", "0", "--batch", "2", "--bf16", "--json", str(out)]  # dashed spellings still work
-    for key, value in tiny.items():
+    # one view instead of the default four: the FLOP count and the timings need only one forward per call
+    for key, value in {**tiny, "test_time_flips": "none"}.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]
     training_speed.main(argv)
     result = json.loads(out.read_text())
     assert result["training"]["iterations"] == 2 and len(result["training"]["wall_s"]) == 3
     assert result["training"]["images_per_s"] > 0 and result["inference"]["num_samples"] == 2
-    # inference runs the default test-time flips (4 views), so it may cost more than a training step
     assert result["flops"]["train_per_image"] > 0 and result["flops"]["inference_per_image"] > 0
     assert result["augmentation"]["mean_s"] > 0 and result["peak_rss_mib"] > 0
     assert result["bf16_check"]["all_finite"] and result["bf16_check"]["predict_alpha_max_abs_diff"] < 0.1
@@ -62,19 +62,28 @@ def test_training_speed_writes_json(tmp_path, tiny):
     assert result["network_args"]["convs_per_block"] == 1
 
 
+def test_ab_variant_spec_and_round_order():
+    v = ab.parse_variant("fp32=HEAD~1 MALLOC_MMAP_MAX_=0 --set cpu_bf16=false --batch 4")
+    assert (v.name, v.ref, v.env, v.args) == ("fp32", "HEAD~1", {"MALLOC_MMAP_MAX_": "0"}, ("--set", "cpu_bf16=false", "--batch", "4"))
+    assert ab.parse_variant("head=.") == ab.Variant("head", ".")
+    for bad in ("no_ref=", "bad name=.", "=."):
+        with pytest.raises(ValueError, match="NAME=REF"):
+            ab.parse_variant(bad)
+    a, b, c = (ab.Variant(n) for n in "abc")
+    assert ab.round_order([a, b, c], 0) == [a, b, c] and ab.round_order([a, b, c], 1) == [c, b, a]
+
+
 @pytest.mark.timeout(300)
-def test_lever_comparison_interleaves(tmp_path, monkeypatch, tiny):
-    monkeypatch.setitem(
-        levers.LEVERS, "tiny:num_samples", (levers._v(tiny), levers._v({**tiny, "num_samples": 1}, threads=1))
-    )
-    out = tmp_path / "levers.json"
-    result = levers.main(["--levers", "tiny:num_samples", "--rounds", "2", "--iterations", "1", "--warmup", "0",
-                          "--json", str(out)])
-    row = json.loads(out.read_text())["levers"]["tiny:num_samples"]
-    assert len(row["per_round"]["wall_a"]) == 2 and len(row["per_round"]["wall_b"]) == 2
-    assert row["wall"]["ratio_min"] <= row["wall"]["ratio_median"] <= row["wall"]["ratio_max"]
-    assert result["levers"]["tiny:num_samples"]["b"]["threads"] == 1
-    assert "| tiny:num_samples |" in levers.markdown_table(result)
+def test_ab_runs_each_variant_in_its_own_process_and_reports_ratios(tmp_path, tiny):
+    sets = " ".join(f"--set {key}={json.dumps(value, separators=(',', ':'))}" for key, value in tiny.items())
+    base = "--iterations 1 --warmup 0 --skip_flops --inference_runs 1 --reference_runs 0 --augment_images 0"
+    summary = ab.main(["--variant", f"one=. {sets}", "--variant", f"two=. OMP_PROC_BIND=false {sets} --set num_samples=1",
+                       "--rounds", "1", "--out", str(tmp_path), "--base_args", base])
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    two = summary["variants"]["two"]
+    assert two["env"] == {"OMP_PROC_BIND": "false"} and len(two["step_wall_median_s"]) == 1
+    assert two["step_ratio"] == [round(two["step_wall_median_s"][0] / summary["variants"]["one"]["step_wall_median_s"][0], 3)]
+    assert json.loads((tmp_path / "two_1.json").read_text())["inference"]["num_samples"] == 1
 
 
 def test_inference_latency_times_the_default_inference_path(tmp_path):
@@ -90,24 +99,3 @@ def test_inference_latency_times_the_default_inference_path(tmp_path):
     assert result["num_samples"] == 8 and result["network"]["test_time_flips"] == "hv"
     assert json.loads(out.read_text())["rows"] == result["rows"]
     assert "hv (default)" in markdown(result)
-
-
-def test_instance_norm_layouts_checks_gradients_and_times_both_norms(tmp_path):
-    """The norm benchmark finds PyTorch's wrong one-image gradient, ours right, and times both in rounds."""
-    from tools.benchmarks import instance_norm_layouts
-
-    out = tmp_path / "norm.json"
-    threads = torch.get_num_threads()
-    result = instance_norm_layouts.main(["--small", "--rounds", "2", "--reps", "1", "--threads", str(threads + 1),
-                                         "--json", str(out)])
-    assert torch.get_num_threads() == threads  # the caller's thread count is restored
-    assert result["threads"] == threads + 1
-    errors = result["gradient_max_abs_error"]
-    assert errors["batch=1"]["per_image"] < 1e-5 and errors["batch=4"]["per_image"] < 1e-5
-    assert errors["batch=4"]["pytorch"] < 1e-5
-    # PyTorch 2.13 (pinned): wrong for one channels-last image; if a later PyTorch fixes it, this says so
-    assert errors["batch=1"]["pytorch"] > 0.1
-    saved = json.loads(out.read_text())
-    assert [row["block"]["size"] for row in saved["blocks"]] == [16, 8]
-    assert all(len(row["seconds"]["pytorch"]) == 2 and len(row["seconds"]["per_image"]) == 2 for row in saved["blocks"])
-    assert all(row["ratio_per_image_to_pytorch"] > 0 for row in saved["blocks"])

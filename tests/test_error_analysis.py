@@ -1,4 +1,4 @@
-"""tools.error_analysis: the error breakdown, the recalibration oracle, the seed ensemble, bad prediction files."""
+"""tools.studies.error_analysis: the error breakdown, the recalibration oracle, the seed ensemble, bad prediction files."""
 
 import json
 
@@ -8,7 +8,7 @@ import torch
 
 from scripts.data.prepare import prepare_dataset
 from scripts.metrics.matting import compute_sad
-from tools.error_analysis import error_breakdown, load_predictions, load_truth, main, recalibration_oracle
+from tools.studies.error_analysis import error_breakdown, load_predictions, load_truth, main, recalibration_oracle
 
 
 def _transition_case(seed: int = 0, size: int = 32):

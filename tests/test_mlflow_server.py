@@ -120,4 +120,39 @@ def test_training_logs_params_metrics_and_figures_to_the_tracking_server(mlflow_
     assert Path(local).read_bytes() == (out / "eval" / "figure_fold0.png").read_bytes()
     metrics_json = client.download_artifacts(info.run_id, "metrics.json", str(tmp_path))
     assert "sad_unknown" in io.open(metrics_json).read()
+
+    # the trained network, logged as the run's MLflow model and served back by the tracking server
+    _check_logged_model(client, mlflow_server["url"], experiment.experiment_id, info.run_id, out / "ckpt" / "model.pt")
     assert mlflow_server["proc"].poll() is None
+
+
+def _check_logged_model(client, url: str, experiment_id: str, run_id: str, weights: Path) -> None:
+    import numpy as np
+    import torch
+
+    from scripts.networks import MedicalMattingNet
+
+    (model,) = client.search_logged_models(experiment_ids=[experiment_id])
+    assert model.source_run_id == run_id and model.name == "model"
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    network = MedicalMattingNet(**MedicalMattingNet.checkpoint_config(state))
+    network.load_state_dict(state)
+    network.eval()
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(url)
+    try:
+        loaded = mlflow.pytorch.load_model(f"models:/{model.model_id}")
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert isinstance(loaded, torch.jit.ScriptModule)  # no bundle code needed to run it
+    assert pyfunc.metadata.metadata["network_args"] == MedicalMattingNet.checkpoint_config(state)
+    for h, w in [(40, 24), (72, 56)]:
+        image = torch.rand(2, 1, h, w)
+        with torch.no_grad():
+            expected = network.predict(image)
+            served = loaded.predict(image)
+            assert (loaded(image) - expected["alpha"]).abs().max() <= 1e-5
+        assert (served["uncertainty"] - expected["uncertainty"]).abs().max() <= 1e-5
+        alpha = pyfunc.predict(image.numpy())
+        assert alpha.shape == (2, 1, h, w) and np.abs(alpha - expected["alpha"].numpy()).max() <= 1e-5

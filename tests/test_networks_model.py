@@ -300,10 +300,10 @@ def test_instance_norm_keeps_the_layout_and_the_values(channels_last, batch, aff
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_convolution_of_the_training_pass_gets_a_channels_last_input(batch):
     """In the bfloat16 training pass of the bundle network (configs/train.yaml), every convolution of
-    more than two input channels gets a channels-last input. Up to metadata 0.6.0 the concatenations
-    before the U-Net decoders' and the propagation units' convolutions came out NCHW (a one-channel
-    uncertainty map among the inputs, or, at batch 1, an upsampled map with a non-canonical batch
-    stride), so each convolution copied its input to channels-last, and its backward again."""
+    more than two input channels gets a channels-last input. ``torch.cat`` returns NCHW for a
+    one-channel map among its inputs, or, at batch 1, for an upsampled map with a non-canonical batch
+    stride; the concatenations before the decoders' convolutions must not (each convolution would copy
+    its input to channels-last, and its backward again)."""
     from monai.bundle import ConfigParser
 
     from scripts.workflows.engines import forward_train
@@ -359,9 +359,8 @@ def test_concat_channels_is_torch_cat_in_the_channels_last_layout():
 
 def test_every_layer_of_the_bundle_network_keeps_the_layout():
     """Every instance norm of the bundle's network (configs/train.yaml) is the layout-keeping one and
-    every in-place ReLU of a conv -> norm -> act layer the dtype-aware one. Up to metadata 0.5.2 the Matting U-Net's output block
-    was built apart from ``conv_block`` and kept PyTorch's instance norm (NCHW copies forward and
-    backward) and in-place bfloat16 ReLU."""
+    every in-place ReLU of a conv -> norm -> act layer the dtype-aware one, the Matting U-Net's output
+    block included (PyTorch's instance norm would copy to NCHW forward and backward)."""
     from monai.bundle import ConfigParser
 
     from scripts.networks.blocks import DtypeAwareReLU, LayoutKeepingInstanceNorm2d
@@ -380,9 +379,8 @@ def test_every_layer_of_the_bundle_network_keeps_the_layout():
 
 @pytest.mark.parametrize("batch", [1, 4])
 def test_instance_norm_gradient_of_a_channels_last_batch_matches_the_formula(batch):
-    """Regression: up to metadata 0.5.1 the layout-keeping norm called ``F.instance_norm`` on the
-    channels-last input, whose input gradient is wrong for a batch of one image (PyTorch 2.13, CPU) -
-    the last, one-image batch of an epoch of 29 training images. Checked against the float64
+    """``F.instance_norm`` on a channels-last input returns a wrong input gradient for a batch of one
+    image (PyTorch 2.13, CPU), so the layout-keeping norm must not call it on that layout. Checked against the float64
     formula of instance normalisation's gradient."""
     from scripts.networks.blocks import LayoutKeepingInstanceNorm2d
 

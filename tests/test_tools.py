@@ -1,7 +1,11 @@
 """The tools package: recipe table of the reproduction, shared metric tables, command-line spellings."""
 
-import pytest
+import os
 
+import pytest
+import yaml
+
+from scripts import BUNDLE_ROOT
 from scripts.handlers.metric_tables import summarize_values, write_csv_atomic
 from tools.crossval import DEFAULT_CONFIG_FILES
 from tools.reproduce import RECIPES, recipe_config_files
@@ -9,10 +13,11 @@ from tools.reproduce import RECIPES, recipe_config_files
 
 def test_recipe_ours_is_the_bundle_defaults_and_paper_adds_its_file(bundle_root):
     assert recipe_config_files("ours") == list(DEFAULT_CONFIG_FILES)  # no recipe file, existing or not
+    assert recipe_config_files("quick") == [*DEFAULT_CONFIG_FILES, "configs/recipes/quick.yaml"]
     paper = recipe_config_files("paper")
     assert paper == [*DEFAULT_CONFIG_FILES, "configs/recipes/brain_growth_paper.yaml"]
     assert (bundle_root / paper[-1]).is_file()
-    # the issue-12 variants are merged after the paper's file, in order
+    # the paper's variants are merged after the paper's file, in order
     for name, extra in (("paper_bn", "brain_growth_paper_bn.yaml"), ("paper_mm_code", "brain_growth_medical_matting_code.yaml")):
         files = recipe_config_files(name)
         assert files == [*paper, f"configs/recipes/{extra}"] and all((bundle_root / f).is_file() for f in files)
@@ -66,6 +71,20 @@ def test_goal_check_and_seed_summary(tmp_path):
     assert "folds worse than the paper's row: fold 0 sad_unknown" in text  # the paper recipe's bad fold
 
 
+def test_only_fold_0s_figure_goes_next_to_the_report(tmp_path):
+    from tools.reproduce import fold_figures
+
+    cv_dir = tmp_path / "runs" / "ours"
+    for k in range(4):
+        (cv_dir / f"fold{k}").mkdir(parents=True)
+        (cv_dir / f"fold{k}" / f"figure_fold{k}.png").write_bytes(bytes([k]))
+    results = tmp_path / "results"
+    assert fold_figures(cv_dir, "ours", results) == ["figures/brain_growth_ours_fold0.png"]
+    assert [p.name for p in (results / "figures").iterdir()] == ["brain_growth_ours_fold0.png"]
+    assert (results / "figures" / "brain_growth_ours_fold0.png").read_bytes() == bytes([0])
+    assert fold_figures(tmp_path / "empty", "ours", results) == []
+
+
 def test_release_stores_half_precision_weights_that_load_into_the_float32_network(tmp_path):
     import torch
 
@@ -102,3 +121,60 @@ def test_release_stores_half_precision_weights_that_load_into_the_float32_networ
         stored_state_dict({"w": torch.tensor([1e6])})
     ints = stored_state_dict({"n": torch.tensor([3])})
     assert ints["n"].dtype == torch.int64
+
+
+def test_the_quick_recipe_names_only_train_yaml_settings(bundle_root):
+    """configs/recipes/quick.yaml overrides train.yaml settings only (a misspelt key would add a new one)."""
+    train = yaml.safe_load((bundle_root / "configs" / "train.yaml").read_text())
+    quick = yaml.safe_load((bundle_root / "configs" / "recipes" / "quick.yaml").read_text())
+    assert {"epochs", "batch_size", "learning_rate", "cpu_bf16"} <= set(quick) <= set(train)
+
+
+def test_demo_recipe_leaves_the_precision_to_the_bundle():
+    from tools.demo import DEMO_OVERRIDES, demo_overrides
+
+    assert demo_overrides(12) == {**DEMO_OVERRIDES, "epochs": "12", "cpu_bf16": "auto"}
+    assert demo_overrides(cpu_bf16="false")["cpu_bf16"] == "false"
+
+
+def test_demo_names_every_metric_outside_its_expected_range():
+    from tools.demo import EXPECTED, check_metrics
+
+    good = {name: {"mean": bound + (0.01 if kind == "min" else -0.01)} for name, kind, bound in EXPECTED}
+    assert check_metrics(good) == []
+    bad = {**good, "dice": {"mean": 0.0}, "unc_corr": {"mean": None}}
+    lines = check_metrics(bad)
+    assert len(lines) == 2 and lines[0].startswith("dice = 0.0 (at least") and lines[1].startswith("unc_corr = None")
+
+
+def test_known_library_warnings_are_filtered_and_others_still_show():
+    import logging
+    import warnings
+
+    from scripts.known_warnings import silence_known_warnings
+    from tools.processes import bundle_env
+
+    silence_known_warnings()
+    silence_known_warnings()  # idempotent
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        silence_known_warnings()
+        warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully. x")
+        warnings.warn("The given NumPy array is not writable, and PyTorch does not support non-writable tensors.")
+        warnings.warn("another warning")
+    assert [str(w.message) for w in caught] == ["another warning"]
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "nvImageCodec is not available; x", (), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "something else", (), None)
+    assert not logger.filter(record) and logger.filter(other)
+    env = bundle_env(threads=1, base={"PYTHONWARNINGS": "error::DeprecationWarning", "PYTHONPATH": "/x"})
+    assert env["PYTHONWARNINGS"] == "error::DeprecationWarning,ignore:parsing config_file:UserWarning"
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(BUNDLE_ROOT), "/x"] and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_demo_trains_with_one_thread_only_when_the_cores_are_busy():
+    from tools.demo import training_threads
+
+    assert training_threads(load_average=0.2, cpus=2) is None
+    assert training_threads(load_average=1.0, cpus=2) == 1 and training_threads(load_average=11.0, cpus=2) == 1
+    assert training_threads(load_average=3.0, cpus=16) is None

@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,12 @@ from scripts import BUNDLE_ROOT
 from scripts.atomic import remove_stale_temporaries, write_text_atomic
 from scripts.metric_names import METRIC_NAMES
 from scripts.handlers.metric_tables import json_number, summarize_values, write_csv_atomic
+from tools.processes import bundle_env
+from tools.tables import fmt, md_row, md_rule
 
-__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "fold_command", "fold_config", "recipe_mismatch",
-           "aggregate_folds", "write_aggregate", "run_crossval", "aggregate_crossval", "main"]
+__all__ = ["DEFAULT_CONFIG_FILES", "CrossvalError", "CrossvalPlan", "fold_command", "fold_config", "recipe_mismatch",
+           "aggregate_folds", "write_aggregate", "plan_crossval", "run_folds", "run_crossval", "aggregate_crossval",
+           "main"]
 
 DEFAULT_CONFIG_FILES = ("configs/train.yaml", "configs/evaluate.yaml")
 METRICS_FILE = "metrics.json"
@@ -193,9 +197,6 @@ def aggregate_folds(output_dir: str | os.PathLike, folds: Sequence[int]) -> dict
     }
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
 
 def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], extra: dict[str, Any]) -> dict[str, Path]:
     """Write ``crossval.json``, ``crossval.csv``, ``crossval.md`` and ``crossval_per_case.csv`` into ``output_dir``."""
@@ -213,11 +214,10 @@ def write_aggregate(output_dir: str | os.PathLike, aggregate: dict[str, Any], ex
         ["std", None, *(aggregate["std"][n] for n in names)],
     ])
 
-    lines = ["| fold | cases | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 2)]
+    lines = [md_row(["fold", "cases", *names]), md_rule(len(names) + 2)]
     for k, values in folds.items():
-        lines.append(f"| {k} | {aggregate['num_cases'][k]} | " + " | ".join(_fmt(values.get(n)) for n in names) + " |")
-    lines.append("| mean +/- std | | " + " | ".join(
-        f"{_fmt(aggregate['mean'][n])} +/- {_fmt(aggregate['std'][n])}" for n in names) + " |")
+        lines.append(md_row([k, aggregate["num_cases"][k], *(fmt(values.get(n)) for n in names)]))
+    lines.append(md_row(["mean +/- std", "", *(f"{fmt(aggregate['mean'][n])} +/- {fmt(aggregate['std'][n])}" for n in names)]))
     notes = []
     if aggregate["missing"]:
         notes.append(f"Folds without results (failed or not run): {aggregate['missing']}.")
@@ -319,9 +319,12 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], echo: bool)
 
 
 def _selected_folds(dataset_dir: Path, folds: Sequence[int] | None) -> list[int]:
-    """The folds to run or aggregate (default: all of the datalist); a :class:`CrossvalError` for one out of range."""
+    """The folds to run or aggregate (default: all of the datalist, or its fixed split's ``test_folds``); a
+    :class:`CrossvalError` for one out of range."""
     num_folds = _read_datalist_header(dataset_dir)
-    folds = list(range(num_folds)) if not folds else [int(k) for k in folds]
+    if not folds:
+        folds = json.loads((dataset_dir / "datalist.json").read_text()).get("test_folds") or range(num_folds)
+    folds = [int(k) for k in folds]
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
         raise CrossvalError(f"--folds {' '.join(map(str, bad))}: not in 0 .. {num_folds - 1} ({dataset_dir / 'datalist.json'})")
@@ -470,6 +473,61 @@ def run_crossval(
         ``None`` and no ``paths`` when ``aggregate=False``).
     """
     start = time.time()
+    plan = plan_crossval(dataset_dir, output_dir, folds, config_files, overrides, run_id, cv_id, aggregate)
+    parent, tracking_args = _tracking(plan, tracking, tracking_uri, experiment_name, aggregate)
+    jobs = max(1, int(jobs))
+    status = run_folds(plan, tracking, tracking_args, jobs, threads_per_job, echo, aggregate)
+    if not aggregate:
+        print(f"[crossval] folds {plan.folds} run, no aggregate (--aggregate_only writes it once all folds are done)",
+              flush=True)
+        return {"aggregate": None, "status": status, "failed": _failed(status), "paths": {}}
+    return _finish(plan.out, plan.folds, status, parent, {
+        "dataset_dir": str(plan.dataset_dir),
+        "config_files": plan.config_files,
+        "overrides": plan.overrides,
+        "run_id": run_id,
+        "cv_id": plan.cv_id,
+        "jobs": jobs,
+        "command": command,
+        "seconds_this_invocation": round(time.time() - start, 1),
+    })
+
+
+@dataclass
+class CrossvalPlan:
+    """What a cross-validation run will do, decided before any fold starts (:func:`plan_crossval`).
+
+    Attributes:
+        out: the cross-validation folder (absolute).
+        dataset_dir: the prepared dataset (absolute).
+        folds: every fold of this run, in order.
+        todo: the folds to run now (the others are finished and skipped).
+        skipped: ``{fold: status}`` of the finished folds.
+        config_files: the configs, as the fold processes get them.
+        overrides: ``--key value`` arguments of every fold.
+        run_id: the bundle target run per fold.
+        cv_id: the id grouping the folds.
+    """
+
+    out: Path
+    dataset_dir: Path
+    folds: list[int]
+    todo: list[int]
+    skipped: dict[str, dict[str, Any]]
+    config_files: list[str]
+    overrides: list[str]
+    run_id: str
+    cv_id: str
+
+
+def plan_crossval(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike, folds: Sequence[int] | None = None,
+                  config_files: Sequence[str] = DEFAULT_CONFIG_FILES, overrides: Sequence[str] = (),
+                  run_id: str = "train_evaluate", cv_id: str | None = None, aggregate: bool = True) -> CrossvalPlan:
+    """Check the output folder and the finished folds, and decide which folds run (arguments of :func:`run_crossval`).
+
+    Raises:
+        CrossvalError: ``output_dir`` is not writable, or a finished fold was trained with another recipe.
+    """
     out = Path(output_dir).absolute()
     dataset_dir = Path(dataset_dir).absolute()
     folds = _selected_folds(dataset_dir, folds)
@@ -486,7 +544,6 @@ def run_crossval(
         remove_stale_temporaries(out)
     for k in folds:
         remove_stale_temporaries(out / f"fold{k}", recursive=True)
-    cv_id = cv_id or default_cv_id(out)
     # configs relative to the current folder if they exist there, else to the bundle root (the folds' cwd)
     config_files = [str(Path(c).absolute()) if not os.path.isabs(c) and Path(c).is_file() else str(c)
                     for c in config_files]
@@ -496,35 +553,54 @@ def run_crossval(
             if why:
                 raise CrossvalError(f"fold {k} in {out / f'fold{k}'} is finished, but {why}; use another "
                                     f"--output_dir, or delete {out / f'fold{k}'} to train it again")
-
-    parent = None
-    tracking_args: list[str] = []
-    if tracking:
-        tracking_uri = tracking_uri or f"sqlite:///{out / 'mlruns.db'}"
-        tracking_args = ["--tracking_uri", tracking_uri, "--experiment_name", experiment_name]
-        if not aggregate:  # the folds' own handlers would race to create it
-            _experiment(tracking_uri, experiment_name)
+    todo, skipped = [], {}
+    for k in folds:
+        if (out / f"fold{k}" / METRICS_FILE).is_file():
+            # seconds: this invocation's (none); earlier_seconds: what the invocation that ran it recorded
+            skipped[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0,
+                               "earlier_seconds": _recorded_seconds(out / f"fold{k}")}
+            print(f"[crossval] fold {k}: finished before, skipped ({out / f'fold{k}' / METRICS_FILE})", flush=True)
         else:
-            parent = _ParentRun(tracking_uri, experiment_name, cv_id, {
-                "dataset_dir": str(dataset_dir), "folds": folds, "config_files": config_files,
-                "overrides": " ".join(overrides), "run_id": run_id,
-            })
-            tracking_args += ["--mlflow_parent_run_id", parent.run_id]
+            todo.append(k)
+    return CrossvalPlan(out, dataset_dir, folds, todo, skipped, config_files, list(overrides), run_id,
+                        cv_id or default_cv_id(out))
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    jobs = max(1, int(jobs))
-    if jobs > 1:  # split the cores between the concurrent folds instead of oversubscribing them
-        threads = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    status: dict[str, dict[str, Any]] = {}
+
+def _tracking(plan: CrossvalPlan, tracking: str | None, tracking_uri: str | None, experiment_name: str,
+              aggregate: bool) -> tuple[_ParentRun | None, list[str]]:
+    """The parent MLflow run (all-in-one runs only) and the folds' tracking arguments; ``(None, [])`` untracked."""
+    if not tracking:
+        return None, []
+    tracking_uri = tracking_uri or f"sqlite:///{plan.out / 'mlruns.db'}"
+    tracking_args = ["--tracking_uri", tracking_uri, "--experiment_name", experiment_name]
+    if not aggregate:  # the folds' own handlers would race to create it
+        _experiment(tracking_uri, experiment_name)
+        return None, tracking_args
+    parent = _ParentRun(tracking_uri, experiment_name, plan.cv_id, {
+        "dataset_dir": str(plan.dataset_dir), "folds": plan.folds, "config_files": plan.config_files,
+        "overrides": " ".join(plan.overrides), "run_id": plan.run_id,
+    })
+    return parent, [*tracking_args, "--mlflow_parent_run_id", parent.run_id]
+
+
+def run_folds(plan: CrossvalPlan, tracking: str | None, tracking_args: list[str], jobs: int = 1,
+              threads_per_job: int | None = None, echo: bool = True, aggregate: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the plan's folds, ``jobs`` at a time, each in its own process; ``{fold: status}`` of every fold.
+
+    Each fold's status goes to its ``fold_status.json`` and, with ``aggregate``, all of them to
+    ``crossval_status.json`` as they finish.
+    """
+    out = plan.out
+    # split the cores between the concurrent folds instead of oversubscribing them
+    env = bundle_env(threads_per_job or max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    status: dict[str, dict[str, Any]] = dict(plan.skipped)
     status_path = out / "crossval_status.json"
     lock = threading.Lock()
 
     def run_fold(k: int) -> None:
         fold_dir = out / f"fold{k}"
-        cmd = fold_command(k, dataset_dir, fold_dir, config_files, [*overrides, "--cv_id", cv_id], run_id,
-                           tracking, tracking_args)
+        cmd = fold_command(k, plan.dataset_dir, fold_dir, plan.config_files, [*plan.overrides, "--cv_id", plan.cv_id],
+                           plan.run_id, tracking, tracking_args)
         print(f"[crossval] fold {k}: running, log {fold_dir / 'log.txt'}", flush=True)
         t0 = time.time()
         code = _run_logged(cmd, fold_dir / "log.txt", env, echo and jobs == 1)
@@ -542,33 +618,12 @@ def run_crossval(
             if aggregate:
                 write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
 
-    todo = []
-    for k in folds:
-        if (out / f"fold{k}" / METRICS_FILE).is_file():
-            # seconds: this invocation's (none); earlier_seconds: what the invocation that ran it recorded
-            status[str(k)] = {"status": "done (skipped: metrics.json exists)", "seconds": 0.0,
-                              "earlier_seconds": _recorded_seconds(out / f"fold{k}")}
-            print(f"[crossval] fold {k}: finished before, skipped ({out / f'fold{k}' / METRICS_FILE})", flush=True)
-        else:
-            todo.append(k)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(run_fold, todo))
-    status = {str(k): status[str(k)] for k in folds}
-    if not aggregate:
-        print(f"[crossval] folds {folds} run, no aggregate (--aggregate_only writes it once all folds are done)",
-              flush=True)
-        return {"aggregate": None, "status": status, "failed": _failed(status), "paths": {}}
-    write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
-    return _finish(out, folds, status, parent, {
-        "dataset_dir": str(dataset_dir),
-        "config_files": config_files,
-        "overrides": list(overrides),
-        "run_id": run_id,
-        "cv_id": cv_id,
-        "jobs": jobs,
-        "command": command,
-        "seconds_this_invocation": round(time.time() - start, 1),
-    })
+        list(pool.map(run_fold, plan.todo))
+    status = {str(k): status[str(k)] for k in plan.folds}
+    if aggregate:
+        write_text_atomic(status_path, json.dumps(status, indent=1) + "\n")
+    return status
 
 
 def _recorded_seconds(fold_dir: Path) -> float | None:

@@ -1,13 +1,14 @@
 """``python -m tools.paper_experiments``: the paper's experiments on Brain-growth in one resumable command.
 
-Issue 12. Every table of ``docs/results/paper_experiments.md`` comes from the runs listed in
+Every table of ``docs/results/paper_experiments.md`` comes from the runs listed in
 :data:`EXPERIMENTS`, each a 4-fold cross-validation (``tools.reproduce.run_recipe``) in
 ``runs/experiments/<name>`` of the default recipe with one thing changed:
 
 - **Table 2** (the paper's ablations): the upsampling (bilinear, LIIF local ensemble, region-aware),
   the number of fused scales (1, 2, 3) and the implicit kernel size (1, 2, 3), beside the paper's
   Table 2 as published; and the learned sampling offsets of the region-aware rows
-  (``figures/offsets_<name>.png``, fold 0's model on a test case of fold 0);
+  (``figures/offsets_default.png`` beside the report, the variants' ``figures/offsets_<name>.png`` in
+  their run folders; fold 0's model on a test case of fold 0);
 - **recipe ablation**: each change of the default recipe against the paper undone (instance
   normalisation with the 10x learning rate, the half-width Prob. U-Net, the test-time flips, and
   bfloat16 with 60 epochs);
@@ -55,8 +56,10 @@ from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
 from scripts.digest import sha256_file
 from tools.crossval import DEFAULT_CONFIG_FILES, aggregate_crossval
+from tools.processes import bundle_env
 from tools.provenance import git_commit, library_versions, load_average, machine_info
 from tools.reproduce import HEADINGS, PAPER_ROW, PAPER_TABLE1, RECIPES, prepare_brain_growth, run_recipe
+from tools.tables import fmt
 
 __all__ = ["Experiment", "EXPERIMENTS", "PAPER_TABLE2", "TABLES", "run_experiment", "write_report", "main"]
 
@@ -123,9 +126,8 @@ class Experiment:
 HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]", "--latent_filters", "[16,32,64,96]")
 #: the prior / posterior encoders at the U-Net's width, as in every row measured before they were halved
 FULL_WIDTH_LATENT = ("--latent_filters", "[32,64,128,192]")
-#: every training row below was measured with the schedule of the defaults up to metadata 0.5.2 (4 images
-#: per step, 60 epochs, learning rate 5e-4; the default is one image per step for 50 epochs since 0.6.0, at
-#: learning rate 3e-4 since 0.6.2): pinned likewise
+#: every training row below was measured with 4 images per step, 60 epochs and learning rate 5e-4 (the
+#: default now trains one image per step for 50 epochs at 3e-4): pinned likewise, so the rows stay comparable
 BATCH_4 = ("--batch_size", "4")
 LR_5E4 = ("--learning_rate", "5e-4")
 EPOCHS_60 = ("--epochs", "60")
@@ -212,7 +214,7 @@ def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_
                "--progress_bar", "False", *exp.overrides]
         log = open(fold_dir / "log.txt", "w")
         procs.append((k, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=BUNDLE_ROOT,
-                                          env={**os.environ, **env_threads, "PYTHONPATH": str(BUNDLE_ROOT)}), log))
+                                          env=bundle_env(base={**os.environ, **env_threads})), log))
         if len(procs) >= jobs:
             _wait(procs.pop(0), exp, out)
     for p in procs:
@@ -287,11 +289,6 @@ def offset_figure(exp_name: str, cv_dir: Path, data_dir: Path, out_png: Path, nu
                               title=f"{exp_name}: learned sampling positions ({case['case']}, fold 0 model, {name})")
 
 
-def _fmt(value: float | None, std: float | None = None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if std is None else f"{value:.4f} +/- {std:.4f}"
-
 
 def _delta(value: float | None, ref: float | None) -> str:
     if value is None or not ref:
@@ -314,11 +311,11 @@ def _reference_rows(ref: dict[str, Any]) -> list[str]:
     seed0, seeds = ref.get("seed0"), ref.get("seeds")
     if seed0:
         rows.append(f"| {ref['label']} (seed 0, `{str(seed0.get('commit', '?'))[:12]}`) | "
-                    + " | ".join(_fmt(seed0["mean"].get(c), seed0["std"].get(c)) for c in COLUMNS)
+                    + " | ".join(fmt(seed0["mean"].get(c), seed0["std"].get(c)) for c in COLUMNS)
                     + f" | 0 | {seed0['total_seconds']:.0f} s |")
     if seeds:
         rows.append(f"| {ref['label']}, {len(seeds['seeds'])} seeds (spread over seeds) | "
-                    + " | ".join(_fmt(seeds["mean"].get(c), seeds["std"].get(c)) for c in COLUMNS) + " | | |")
+                    + " | ".join(fmt(seeds["mean"].get(c), seeds["std"].get(c)) for c in COLUMNS) + " | | |")
     return rows
 
 
@@ -328,7 +325,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
     runs = results.get("experiments", {})
     head = "| row | " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " | SAD vs its reference | wall time |"
     rule = "| --- |" + " --- |" * (len(COLUMNS) + 2)
-    lines = ["# The paper's experiments on Brain-growth (issue 12)", "",
+    lines = ["# The paper's experiments on Brain-growth", "",
              "Written by `python -m tools.paper_experiments` (do not edit by hand; rerun the command, which resumes).",
              "Every row is a 4-fold cross-validation on the 39 Brain-growth cases with the metrics of",
              "docs/results/brain_growth.md (mean +/- standard deviation over the folds, training seed 0). Each row",
@@ -348,7 +345,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
                 continue
             exp_ref = refs.get(exp.reference, {}).get("seed0") or {}
             lines.append(f"| {exp.label} (`{exp.name}`) | "
-                         + " | ".join(_fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
+                         + " | ".join(fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
                          + f" | {_delta(run['mean'].get('sad_unknown'), exp_ref.get('mean', {}).get('sad_unknown'))}"
                          + (f" (vs {exp.reference})" if len(used) > 1 else "")
                          + f" | {run['total_seconds']:.0f} s" + _resumed_note(run) + " |")
@@ -357,20 +354,22 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
                       "section 3.3 says Brain-growth, and the values are ten times below the paper's own Brain-growth",
                       "row of Table 1, so only the ordering of the rows can be compared):", "",
                       "| row (published) | SAD | MSE | Grad |", "| --- | --- | --- | --- |"]
-            lines += [f"| {label} | " + " | ".join(_fmt(v) for v in row.values()) + " |"
+            lines += [f"| {label} | " + " | ".join(fmt(v) for v in row.values()) + " |"
                       for label, row in PAPER_TABLE2.items()]
             figs = results.get("offset_figures", {})
             if figs:
                 lines += ["", "Learned sampling positions (red) of the region-aware rows, fold 0's model on a test "
                           "case of fold 0, at six border pixels (0.1 < true alpha < 0.9):", ""]
-                lines += [f"![{name}]({fig})" for name, fig in sorted(figs.items())]
+                lines += [f"![{name}]({fig})" for name, fig in sorted(figs.items()) if not fig.startswith("untracked:")]
+                lines += [f"- `{name}`: `{fig.removeprefix('untracked:')}` (not tracked)" for name, fig in sorted(figs.items())
+                          if fig.startswith("untracked:")]
         if table == "paper_recipe":
             paper = reference.get("recipes", {}).get("paper")
             if paper:
                 lines.append("| literal reading, no normalisation (`paper`, docs/results/brain_growth.md) | "
-                             + " | ".join(_fmt(paper["mean"].get(c), paper["std"].get(c)) for c in COLUMNS)
+                             + " | ".join(fmt(paper["mean"].get(c), paper["std"].get(c)) for c in COLUMNS)
                              + f" | {_delta(paper['mean'].get('sad_unknown'), ref_sad)} | {paper['total_seconds']:.0f} s |")
-            lines.append(f"| {PAPER_ROW} | " + " | ".join(_fmt(PAPER_TABLE1[PAPER_ROW].get(c)) for c in COLUMNS)
+            lines.append(f"| {PAPER_ROW} | " + " | ".join(fmt(PAPER_TABLE1[PAPER_ROW].get(c)) for c in COLUMNS)
                          + " | | |")
         lines.append("")
     lines += ["## Runs", "", "| run | command | overrides | commit | load before / after | machine |",
@@ -457,13 +456,14 @@ def _report(results: dict[str, Any], reference_path: Path, results_dir: Path, wo
     figs = results.setdefault("offset_figures", {})
     candidates = [("default", defaults_dir / "ours")] + [(e.name, work_dir / e.name) for e in EXPERIMENTS if e.offsets]
     for name, cv_dir in candidates:
-        png = results_dir / "figures" / f"offsets_{name}.png"
+        # one figure next to the report (the default's); the variants' figures stay in their run folders
+        png = (results_dir if name == "default" else cv_dir) / "figures" / f"offsets_{name}.png"
         if name in figs or not (cv_dir / "fold0" / "models" / "model.pt").is_file():
             continue
         try:
             offset_figure(name, cv_dir, Path(json.loads((cv_dir / "crossval.json").read_text())["dataset_dir"])
                           if (cv_dir / "crossval.json").is_file() else BUNDLE_ROOT / "data" / "brain-growth", png)
-            figs[name] = str(png.relative_to(results_dir))
+            figs[name] = str(png.relative_to(results_dir)) if name == "default" else f"untracked:{png}"
         except (OSError, ValueError, KeyError) as e:
             print(f"[paper_experiments] offsets of {name}: not drawn ({e})", file=sys.stderr, flush=True)
     reference = json.loads(reference_path.read_text()) if reference_path.is_file() else {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import torch
 from scripts import BUNDLE_ROOT
 from scripts.atomic import atomic_write, write_text_atomic
 from scripts.digest import sha256_file
+from tools.processes import bundle_env
 from tools.provenance import git_commit, library_versions, machine_info
 from tools.reproduce import prepare_brain_growth
 
@@ -92,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "--output_dir", str((out / "eval").resolve()), "--progress_bar", "false"]
     if args.epochs is not None:
         cmd += ["--epochs", str(args.epochs)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    env["PYTHONPATH"] = os.pathsep.join([str(BUNDLE_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env = bundle_env(args.threads)
     print(f"[release] {shlex.join(cmd)}", flush=True)
     code = subprocess.run(cmd, cwd=str(BUNDLE_ROOT), env=env).returncode
     if code != 0:

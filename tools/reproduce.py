@@ -8,7 +8,8 @@ the published addresses with their pinned sha256), runs the 4-fold cross-validat
 - ``docs/results/brain_growth_cv.json``: per recipe, per fold and mean +/- std of every metric,
   with ``command``, ``commit``, ``machine``, ``versions`` and ``total_seconds``;
 - ``docs/results/brain_growth.md``: the tables beside the paper's published Table 1 rows;
-- ``docs/results/figures/brain_growth_<recipe>_fold<k>.png``: the evaluation figure of each fold.
+- ``docs/results/figures/brain_growth_ours_fold0.png``: fold 0's evaluation figure of the default's seed-0 run
+  (every fold's figure stays in the run's folder under ``runs/``).
 
 A recipe is ``configs/train.yaml`` + ``configs/evaluate.yaml`` with an optional override file
 merged after them (:data:`RECIPES`): ``ours`` is the bundle's defaults as they are, ``paper`` adds
@@ -40,14 +41,16 @@ from scripts.handlers.metric_tables import summarize_values
 from scripts.metric_names import METRIC_NAMES
 from tools.crossval import DEFAULT_CONFIG_FILES, run_crossval
 from tools.provenance import git_commit, library_versions, load_average, machine_info
+from tools.tables import fmt, md_row, md_rule
 
 #: recipe name -> the override files merged, in order, after train.yaml and evaluate.yaml (none: the bundle defaults)
 RECIPES: dict[str, tuple[str, ...]] = {
     "ours": (),
+    "quick": ("configs/recipes/quick.yaml",),
     "paper": ("configs/recipes/brain_growth_paper.yaml",),
-    # issue 12: the paper's recipe with batch normalisation (as its authors most likely ran it)
+    # the paper's recipe with batch normalisation (as its authors most likely ran it)
     "paper_bn": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_paper_bn.yaml"),
-    # issue 12: the Medical Matting code base's Brain-growth configuration on the paper's network
+    # the Medical Matting code base's Brain-growth configuration on the paper's network
     "paper_mm_code": ("configs/recipes/brain_growth_paper.yaml", "configs/recipes/brain_growth_medical_matting_code.yaml"),
 }
 SHARED_DIR = BUNDLE_ROOT.parent / "shared" / "data" / "brain-growth"
@@ -60,7 +63,7 @@ PAPER_TABLE1 = {
     "Medical Matting (Wang et al. 2021, as published in Xu et al. 2024)": {
         "sad_unknown": 0.4150, "mse_unknown": 0.0467, "grad_unknown": 0.6015},
 }
-# issue 14's goal for the mean over folds (about 25 % below the paper's Ours); the bar: no fold worse than the paper
+# the quality goal for the mean over folds (about 25 % below the paper's Ours); the bar: no fold worse than the paper
 TARGET = {"sad_unknown": 0.30, "mse_unknown": 0.030, "grad_unknown": 0.40}
 PAPER_ROW = "Ours (Xu et al. 2024, as published)"
 COLUMNS = METRIC_NAMES
@@ -76,7 +79,7 @@ def run_name(recipe: str, train_seed: int) -> str:
 
 
 def goal_check(run: dict[str, Any]) -> dict[str, Any]:
-    """Does a run meet issue 14's goal (mean over folds <= TARGET) and bar (no fold worse than the paper)?"""
+    """Does a run meet the quality goal (mean over folds <= TARGET) and bar (no fold worse than the paper)?"""
     paper = PAPER_TABLE1[PAPER_ROW]
     mean_ok = {m: run["mean"].get(m) is not None and run["mean"][m] <= v for m, v in TARGET.items()}
     worse = [f"fold {k} {m}" for k, values in run["folds"].items() for m, v in paper.items()
@@ -118,7 +121,7 @@ def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None
     from scripts.data.prepare import prepare_dataset
 
     if (data_dir / "datalist.json").is_file():
-        print(f"[reproduce] dataset already prepared at {data_dir}", flush=True)
+        print(f"[data] Brain-growth already prepared at {data_dir}", flush=True)
         return data_dir
     if source is None and (SHARED_DIR / "brain_growth_alpha.zip").is_file():
         source = str(SHARED_DIR / "brain_growth_alpha.zip")
@@ -129,21 +132,26 @@ def prepare_brain_growth(data_dir: Path, source: str | None, trimaps: str | None
 
 
 def fold_figures(cv_dir: Path, recipe: str, results_dir: Path) -> list[str]:
-    """Copy each fold's evaluation figure next to the report; returns their paths relative to it."""
-    out = []
-    fig_dir = results_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for fig in sorted(cv_dir.glob("fold*/figure_fold*.png")):
-        dest = fig_dir / f"brain_growth_{recipe}_{fig.parent.name}.png"
-        shutil.copyfile(fig, dest)
-        out.append(str(dest.relative_to(results_dir)))
-    return out
+    """Copy fold 0's evaluation figure next to the report (one figure per report); returns its path relative to it.
+
+    The other folds' figures stay in ``cv_dir`` (under ``runs/``, not tracked): a figure committed for
+    every fold and run would be a new binary in the history at every rerun."""
+    first = sorted(cv_dir.glob("fold*/figure_fold*.png"))[:1]
+    if not first:
+        return []
+    dest = results_dir / "figures" / f"brain_growth_{recipe}_{first[0].parent.name}.png"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(first[0], dest)
+    return [str(dest.relative_to(results_dir))]
 
 
-def _fmt(value: float | None, std: float | None = None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if std is None else f"{value:.4f} +/- {std:.4f}"
+def _bundle_relative(path: str | Path) -> str:
+    """``path`` relative to the bundle root when it lies inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(BUNDLE_ROOT))
+    except ValueError:
+        return str(path)
+
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
@@ -161,15 +169,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "## Mean over folds",
         "",
-        "| row | " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " |",
-        "| --- |" + " --- |" * len(COLUMNS),
+        md_row(["row", *(HEADINGS.get(c, c) for c in COLUMNS)]),
+        md_rule(len(COLUMNS) + 1),
     ]
     for name, run in results["recipes"].items():
         mean, std = run["mean"], run["std"]
-        lines.append(f"| ours, `{name}` | " + " | ".join(_fmt(mean.get(c), std.get(c)) for c in COLUMNS) + " |")
+        lines.append(md_row([f"ours, `{name}`", *(fmt(mean.get(c), std.get(c)) for c in COLUMNS)]))
     for name, row in PAPER_TABLE1.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
-    lines.append("| goal (issue 14) | " + " | ".join(_fmt(TARGET.get(c)) for c in COLUMNS) + " |")
+        lines.append(md_row([name, *(fmt(row.get(c)) for c in COLUMNS)]))
+    lines.append(md_row(["goal", *(fmt(TARGET.get(c)) for c in COLUMNS)]))
     lines.append("")
     lines.append("The two published rows are the paper's Table 1 numbers, copied as targets; they were not")
     lines.append("measured here. Lower is better for every column except Dice and unc. corr.")
@@ -178,8 +186,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   "Mean +/- standard deviation over the seeds of each run's mean over folds (runs: "
                   + ", ".join(f"`{r}`" for r in summary["runs"]) + "; wall times "
                   + ", ".join(f"{t:.0f} s" for t in summary["total_seconds"]) + ").", "",
-                  "| " + " | ".join(HEADINGS.get(c, c) for c in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS),
-                  "| " + " | ".join(_fmt(summary["mean"].get(c), summary["std"].get(c)) for c in COLUMNS) + " |"]
+                  md_row(HEADINGS.get(c, c) for c in COLUMNS), md_rule(len(COLUMNS)),
+                  md_row(fmt(summary["mean"].get(c), summary["std"].get(c)) for c in COLUMNS)]
     for name, run in results["recipes"].items():
         lines += ["", f"## Recipe `{name}`", ""]
         check = goal_check(run)
@@ -193,14 +201,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   f"- goal (mean SAD <= {TARGET['sad_unknown']}, MSE <= {TARGET['mse_unknown']}, Grad <= "
                   f"{TARGET['grad_unknown']}): {'met' if check['goal_met'] else 'not met'}; folds worse than the "
                   f"paper's row: {', '.join(check['folds_worse_than_paper']) or 'none'}", ""]
-        lines.append("| fold | cases | " + " | ".join(COLUMNS) + " | seconds |")
-        lines.append("| --- | --- |" + " --- |" * (len(COLUMNS) + 1))
+        lines.append(md_row(["fold", "cases", *COLUMNS, "seconds"]))
+        lines.append(md_rule(len(COLUMNS) + 3))
         for k, values in run["folds"].items():
-            lines.append(f"| {k} | {run['num_cases'][k]} | " + " | ".join(_fmt(values.get(c)) for c in COLUMNS)
-                         + f" | {run['fold_seconds'].get(k, 'n/a')} |")
+            lines.append(md_row([k, run["num_cases"][k], *(fmt(values.get(c)) for c in COLUMNS),
+                                 run["fold_seconds"].get(k, "n/a")]))
         lines.append("")
         for fig in run["figures"]:
             lines.append(f"![{name} {fig}]({fig})")
+        if run.get("cv_dir"):
+            lines.append(f"Every fold's figure: `{_bundle_relative(run['cv_dir'])}/fold<k>/figure_fold<k>.png` (not tracked).")
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -210,7 +220,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
     """Cross-validate one recipe and return its report entry (commit taken before the folds run).
 
     ``name`` (default :func:`run_name`) is the run's folder in ``work_dir``; ``copy_figures=False``
-    leaves the fold figures in that folder instead of copying them next to the report."""
+    leaves the fold figures in that folder instead of copying fold 0's next to the report."""
     commit = git_commit()
     load_before = load_average()
     name = name or run_name(recipe, train_seed)
@@ -248,7 +258,7 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
         "mean": agg["mean"],
         "std": agg["std"],
         "pooled_mean": agg["pooled_mean"],
-        "figures": fold_figures(cv_dir, name, results_dir) if copy_figures else [],
+        "figures": fold_figures(cv_dir, name, results_dir) if copy_figures and name == "ours" else [],
         "cv_dir": str(cv_dir),
     }
 
@@ -256,8 +266,8 @@ def run_recipe(recipe: str, data_dir: Path, work_dir: Path, results_dir: Path, c
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="ours",
-                        help="ours: the bundle defaults; paper: + configs/recipes/brain_growth_paper.yaml; "
-                             "paper_bn, paper_mm_code: + the files of RECIPES (issue 12)")
+                        help="ours: the bundle defaults; quick: + configs/recipes/quick.yaml; paper: + configs/recipes/brain_growth_paper.yaml; "
+                             "paper_bn, paper_mm_code: + the files of RECIPES")
     parser.add_argument("--source", default=None, help="brain_growth_alpha.zip (path or URL); default ../shared, else the published URL")
     parser.add_argument("--trimaps", default=None, help="trimap_brain.zip (path or URL); default as --source")
     parser.add_argument("--data_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))

@@ -1,4 +1,5 @@
-"""Data part of the bundle: restricted unpickler, dataset sources, validation, folds, phantom synthesis,
+"""Data part of the bundle: restricted unpickler, dataset sources, the import of the user's own multi-rater data
+(folder per case or CSV manifest, targets from raters), validation, folds, phantom synthesis,
 atomic PNG writer, datalist API (see ``docs/data.md``) and MONAI transform pipelines (``transforms``).
 
 Submodules are imported explicitly (``from scripts.data.prepare import prepare_dataset``); this package

@@ -18,7 +18,7 @@ from scripts.data.errors import DatasetValidationError
 __all__ = ["load_datalist", "split_folds"]
 
 _REQUIRED_TOP = ("name", "num_folds", "raters", "spatial_shape", "channels", "training")
-_PATH_KEYS = ("image", "alpha", "trimap")
+_PATH_KEYS = ("alpha", "trimap")
 
 
 def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict:
@@ -30,8 +30,9 @@ def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict
 
     Returns:
         the datalist dict (``name``, ``num_folds``, ``seed``, ``raters``, ``spatial_shape``, ``channels``,
-        ``training``, ...); ``training`` items hold absolute ``str`` paths for ``image``, ``alpha``,
-        ``trimap`` and each of ``masks``, plus ``case`` and ``fold``.
+        ``training``, ...); ``training`` items hold absolute ``str`` paths for ``image`` (a list of one
+        grey PNG per channel for images of neither 1 nor 3 channels), ``alpha``, ``trimap`` and each of
+        ``masks``, plus ``case`` and ``fold``.
 
     Raises:
         DatasetValidationError: missing or malformed datalist, a fold out of range, a missing file, a path
@@ -55,7 +56,7 @@ def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict
         raise DatasetValidationError(f"{path}: training must be a list of cases")
     items = []
     for i, item in enumerate(datalist["training"]):
-        if not isinstance(item, dict) or any(k not in item for k in (*_PATH_KEYS, "masks", "fold", "case")):
+        if not isinstance(item, dict) or any(k not in item for k in ("image", *_PATH_KEYS, "masks", "fold", "case")):
             raise DatasetValidationError(f"{path}: training item {i} lacks image/alpha/masks/trimap/fold/case")
         if not isinstance(item["fold"], int) or not 0 <= item["fold"] < num_folds:
             raise DatasetValidationError(f"{path}: case '{item['case']}' has fold {item['fold']!r}, "
@@ -66,8 +67,15 @@ def load_datalist(dataset_dir: str | PathLike, check_files: bool = True) -> dict
         for key in _PATH_KEYS:
             new[key] = _inside(root, path, item, key, item[key])
         new["masks"] = [_inside(root, path, item, "masks", m) for m in item["masks"]]
+        if isinstance(item["image"], list):  # one grey PNG per channel
+            if not item["image"]:
+                raise DatasetValidationError(f"{path}: case '{item['case']}': image must be a path or a non-empty list")
+            new["image"] = [_inside(root, path, item, "image", p) for p in item["image"]]
+        else:
+            new["image"] = _inside(root, path, item, "image", item["image"])
+        images = new["image"] if isinstance(new["image"], list) else [new["image"]]
         if check_files:
-            for p in (*(new[k] for k in _PATH_KEYS), *new["masks"]):
+            for p in (*images, *(new[k] for k in _PATH_KEYS), *new["masks"]):
                 if not Path(p).is_file():
                     raise DatasetValidationError(f"{path}: case '{item['case']}': file {p} is missing")
         items.append(new)

@@ -1,5 +1,8 @@
 """Prepare a matting dataset: read (or synthesise), validate, assign folds, write atomically, summarise.
 
+``--dataset folder`` / ``--dataset manifest`` import the user's own multi-rater data
+(:mod:`scripts.data.import_dataset`); the other datasets are the Medical Matting pickles and the phantom.
+
 This is the implementation of ``python -m scripts.prepare_data``; see ``docs/data.md``.
 
 Example:
@@ -23,7 +26,10 @@ from pathlib import Path
 
 from scripts.digest import sha256_file
 from scripts.data.errors import DataPreparationError, DatasetValidationError
+from scripts.data.case_import import SIZE_RULES, ImportOptions
 from scripts.data.folds import assign_folds, lidc_patient
+from scripts.data.image_files import DEFAULT_MASK_THRESHOLD
+from scripts.data.import_dataset import IMPORT_KINDS, import_dataset
 from scripts.data.phantom import PHANTOM_PRESETS, get_preset, iter_phantom_cases, phantom_case_names
 from scripts.data.sources import fetch_source, is_url, read_pickle_source, read_trimap_source
 from scripts.data.specs import DATASET_SPECS, DatasetSpec, get_spec
@@ -213,21 +219,70 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert a matting dataset (or synthesise phantoms) into per-case PNGs plus datalist.json. "
         "Options are spelt with underscores (--num_cases); the dashed spellings (--num-cases) are accepted too.",
     )
-    p.add_argument("--dataset", required=True, choices=sorted(DATASET_SPECS))
-    p.add_argument("--source", help="pickle (.pkl or .zip holding it): path or URL (brain-growth: published zip)")
+    p.add_argument("--dataset", required=True, choices=sorted([*DATASET_SPECS, *IMPORT_KINDS]),
+                   help="a Medical Matting pickle dataset, the phantom, or your own data: 'folder' (one sub-folder "
+                        "per case, the QUBIQ layout) or 'manifest' (a CSV file)")
+    p.add_argument("--source", help="pickle (.pkl or .zip holding it): path or URL (brain-growth: published zip); "
+                                    "folder: the folder of case folders; manifest: the CSV file")
     p.add_argument("--trimaps", help="trimap PNGs (.zip or folder): path or URL (brain-growth: published zip; "
                                      "lidc/isic: derived when absent)")
     p.add_argument("--source_sha256", "--source-sha256", help="pinned sha256 of --source (required for a URL)")
     p.add_argument("--trimaps_sha256", "--trimaps-sha256", help="pinned sha256 of --trimaps (required for a URL)")
     p.add_argument("--out", required=True, help="dataset folder to create")
-    p.add_argument("--folds", type=int, default=4, help="number of cross-validation folds (default 4)")
+    p.add_argument("--folds", type=int, help="number of cross-validation folds (default 4; a manifest's fold "
+                                               "column sets its own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and the phantoms (default 0)")
     p.add_argument("--num_cases", "--num-cases", type=int,
                    help=f"phantom: cases to synthesise (default {DEFAULT_PHANTOM_CASES}); real data: keep the first N cases")
     p.add_argument("--preset", default="brain-growth", choices=sorted(PHANTOM_PRESETS),
                    help="phantom preset (default brain-growth)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset at --out")
+    own = p.add_argument_group("your own data (--dataset folder / manifest; docs/data.md)")
+    own.add_argument("--name", help="dataset name in datalist.json (default: the source's name)")
+    own.add_argument("--image_pattern", "--image-pattern", help="folder: image file name pattern (default 'image.*'; "
+                                                                "several matches are channels)")
+    own.add_argument("--mask_pattern", "--mask-pattern", help="folder: raters' mask pattern (default 'task01_seg*')")
+    own.add_argument("--alpha_pattern", "--alpha-pattern", help="folder: alpha matte pattern (default: none, the "
+                                                                "raters' mean)")
+    own.add_argument("--trimap_pattern", "--trimap-pattern", help="folder: trimap pattern (default: none, derived "
+                                                                  "from the raters' disagreement)")
+    own.add_argument("--slice_axis", "--slice-axis", type=int, default=2, help="axis 3-D volumes are cut along "
+                                                                               "(default 2)")
+    own.add_argument("--slice_margin", "--slice-margin", type=int, default=0,
+                     help="slices kept on each side of the slices with foreground (default 0)")
+    own.add_argument("--mask_threshold", "--mask-threshold", type=float,
+                     help=f"foreground where mask >= this value (default: {DEFAULT_MASK_THRESHOLD} for JPEG masks; "
+                          "lossless masks must hold 0 and one other value)")
+    own.add_argument("--spatial_size", "--spatial-size", type=int, nargs=2, metavar=("H", "W"),
+                     help="bring every case to H x W (default: every case must have one size)")
+    own.add_argument("--size_rule", "--size-rule", choices=SIZE_RULES, default="resize",
+                     help="how --spatial_size is reached (default resize)")
+    own.add_argument("--trimap_dilation", "--trimap-dilation", type=int, default=1,
+                     help="pixels by which the derived unknown region is grown (default 1)")
+    own.add_argument("--test_cases", "--test-cases", help="text file of test cases, one per line: a fixed split")
+    own.add_argument("--skip_bad_cases", "--skip-bad-cases", action="store_true",
+                     help="leave out (and list) cases that fail a check instead of stopping")
     return p
+
+
+def _import(args: argparse.Namespace) -> Path:
+    """``--dataset folder`` / ``manifest``: the options checked, then :func:`import_dataset`."""
+    if args.source is None:
+        raise DataPreparationError(f"--source is required for --dataset {args.dataset} (the "
+                                   f"{'folder of case folders' if args.dataset == 'folder' else 'CSV manifest'})")
+    if args.trimaps is not None or args.num_cases is not None:
+        raise DataPreparationError(f"--trimaps / --num_cases are not used with --dataset {args.dataset}")
+    if args.folds is not None and args.folds < MIN_FOLDS:
+        raise DataPreparationError(f"--folds {args.folds}: cross-validation needs at least {MIN_FOLDS} folds")
+    options = ImportOptions(slice_axis=args.slice_axis, slice_margin=args.slice_margin,
+                            mask_threshold=args.mask_threshold,
+                            spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
+                            size_rule=args.size_rule, trimap_dilation=args.trimap_dilation)
+    return import_dataset(args.dataset, args.source, args.out, folds=args.folds, seed=args.seed, options=options,
+                          image_pattern=args.image_pattern, mask_pattern=args.mask_pattern,
+                          alpha_pattern=args.alpha_pattern, trimap_pattern=args.trimap_pattern,
+                          test_cases=args.test_cases, skip_bad_cases=args.skip_bad_cases,
+                          overwrite=args.overwrite, name=args.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,7 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and is_url(value):
             print(f"{name}: downloading {value}", file=sys.stderr)
     try:
-        out = prepare_dataset(args.dataset, args.out, source=args.source, trimaps=args.trimaps, folds=args.folds,
+        if args.dataset in IMPORT_KINDS:
+            out = _import(args)
+            print(summarize_dataset(out))
+            return 0
+        out = prepare_dataset(args.dataset, args.out, source=args.source, trimaps=args.trimaps,
+                              folds=4 if args.folds is None else args.folds,
                               seed=args.seed, num_cases=args.num_cases, preset=args.preset,
                               overwrite=args.overwrite, source_sha256=args.source_sha256,
                               trimaps_sha256=args.trimaps_sha256)

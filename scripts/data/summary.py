@@ -33,7 +33,9 @@ def dataset_statistics(dataset_dir: str | PathLike) -> dict:
     mask_values: set[int] = set()
     image_shapes = set()
     for it in items:
-        image, alpha, trimap = read_png(it["image"]), read_png(it["alpha"]), read_png(it["trimap"])
+        files = it["image"] if isinstance(it["image"], list) else [it["image"]]
+        image = np.stack([read_png(f) for f in files], -1) if len(files) > 1 else read_png(files[0])
+        alpha, trimap = read_png(it["alpha"]), read_png(it["trimap"])
         image_shapes.add(image.shape)
         img_lo, img_hi = min(img_lo, int(image.min())), max(img_hi, int(image.max()))
         a_lo, a_hi = min(a_lo, int(alpha.min())), max(a_hi, int(alpha.max()))
@@ -47,6 +49,7 @@ def dataset_statistics(dataset_dir: str | PathLike) -> dict:
         "raters": dl["raters"], "image_shape": sorted(image_shapes), "image_range": (img_lo, img_hi),
         "alpha_range": (a_lo, a_hi), "mask_values": sorted(mask_values),
         "unknown_fraction": unknown / max(pixels, 1), "soft_alpha_fraction": soft / max(pixels, 1),
+        "skipped": [f"{s['case']}: {s['error']}" for s in dl.get("skipped", [])],
     }
 
 
@@ -64,4 +67,6 @@ def summarize_dataset(dataset_dir: str | PathLike) -> str:
         f"alpha range    {s['alpha_range'][0]} .. {s['alpha_range'][1]} "
         f"({100 * s['soft_alpha_fraction']:.2f}% of pixels strictly between 0 and 255)",
         f"trimap unknown {100 * s['unknown_fraction']:.2f}% of pixels (value 128)",
+        *([f"skipped        {len(s['skipped'])} case(s):"] + [f"  {line}" for line in s["skipped"]]
+          if s["skipped"] else []),
     ])

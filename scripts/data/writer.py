@@ -5,6 +5,10 @@ Layout (see ``docs/architecture.md``)::
     DIR/datalist.json
     DIR/images/<case>.png   DIR/alpha/<case>.png   DIR/masks/<case>_r<k>.png   DIR/trimaps/<case>.png
 
+An image of 1 (grey) or 3 (RGB) channels is one PNG; an image of any other number of channels C
+(several MR modalities) is C grey PNGs ``images/<case>_c<k>.png`` listed in order under ``image``
+(MONAI's ``LoadImaged`` stacks a list of files as channels).
+
 Everything is written into a hidden temporary folder next to ``DIR`` (same file system), every PNG is
 read back and compared with the array it came from, ``datalist.json`` is written last, and only
 then is the folder renamed to ``DIR``. Cases are written one at a time as they come (an iterable of
@@ -43,10 +47,11 @@ __all__ = ["DATALIST_NAME", "case_paths", "write_png", "read_png", "write_datase
 DATALIST_NAME = "datalist.json"
 
 
-def case_paths(case: str, raters: int) -> dict:
-    """Relative paths of one case's files: ``image``, ``alpha``, ``masks`` (list) and ``trimap``."""
+def case_paths(case: str, raters: int, channels: int = 1) -> dict:
+    """Relative paths of one case's files: ``image`` (a list of one PNG per channel when ``channels`` is
+    neither 1 nor 3), ``alpha``, ``masks`` (list) and ``trimap``."""
     return {
-        "image": f"images/{case}.png",
+        "image": f"images/{case}.png" if channels in (1, 3) else [f"images/{case}_c{k}.png" for k in range(channels)],
         "alpha": f"alpha/{case}.png",
         "masks": [f"masks/{case}_r{k}.png" for k in range(raters)],
         "trimap": f"trimaps/{case}.png",
@@ -130,8 +135,16 @@ def _check_target(out: Path, overwrite: bool) -> bool:
     return True
 
 
+def _image_pairs(rel: str | list, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(path, array) of the image's PNG(s): one file, or one grey PNG per channel of an (H, W, C) image."""
+    if isinstance(rel, str):
+        return [(rel, image)]
+    return [(r, np.ascontiguousarray(image[..., k])) for k, r in enumerate(rel)]
+
+
 def write_dataset(cases: Mapping[str, dict] | Iterable[tuple[str, dict]], folds: Mapping[str, int],
-                  out: str | PathLike, meta: dict, overwrite: bool = False) -> Path:
+                  out: str | PathLike, meta: dict, overwrite: bool = False,
+                  item_extras: Mapping[str, dict] | None = None) -> Path:
     """Write ``cases`` to ``out`` (atomically, see the module docstring) and return ``out``.
 
     Args:
@@ -143,6 +156,8 @@ def write_dataset(cases: Mapping[str, dict] | Iterable[tuple[str, dict]], folds:
         meta: top-level entries of ``datalist.json`` (``name``, ``num_folds``, ``seed``, ...); ``training``
             is added here.
         overwrite: replace an existing prepared dataset at ``out``.
+        item_extras: optional ``{case: {key: value}}`` added to the case's ``datalist.json`` item (e.g. its
+            ``group`` or ``source_shape``).
 
     Raises:
         DataPreparationError: ``out`` may not be replaced, a written file does not read back identically,
@@ -175,15 +190,16 @@ def write_dataset(cases: Mapping[str, dict] | Iterable[tuple[str, dict]], folds:
         for case, arrays in cases:
             if case not in folds:
                 raise DataPreparationError(f"no fold for case '{case}'")
-            paths = case_paths(case, len(arrays["masks"]))
-            pairs = [(paths["image"], arrays["image"]), (paths["alpha"], arrays["alpha"]),
+            image = arrays["image"]
+            paths = case_paths(case, len(arrays["masks"]), 1 if image.ndim == 2 else image.shape[2])
+            pairs = [*_image_pairs(paths["image"], image), (paths["alpha"], arrays["alpha"]),
                      (paths["trimap"], arrays["trimap"]), *zip(paths["masks"], arrays["masks"])]
             for rel, array in pairs:
                 write_png(tmp / rel, array)
                 back = read_png(tmp / rel)
                 if back.shape != array.shape or not np.array_equal(back, array):
                     raise DataPreparationError(f"case '{case}': {rel} does not read back identically")
-            training.append({"case": case, "fold": int(folds[case]), **paths})
+            training.append({"case": case, "fold": int(folds[case]), **paths, **(item_extras or {}).get(case, {})})
             del arrays, pairs  # the next case does not keep this one alive
         datalist = {**meta, "training": training}
         with open(tmp / DATALIST_NAME, "w") as f:

@@ -12,7 +12,9 @@ would land in a second run. :class:`FoldMLFlowHandler` extends it, through its p
 - the given parameters are logged (only those not logged yet: MLflow parameters are immutable; a
   changed value is reported as a warning and kept in the tag ``changed_params``), the tags are set
   (``fold``, ``cv_id``, ``mlflow.parentRunId`` to nest a cross-validation's folds under its parent);
-- on an exception the run is marked ``FAILED`` (a resumed run re-opens it).
+- on an exception the run is marked ``FAILED`` (a resumed run re-opens it);
+- with ``model_path`` (the trainer's handler: the fold's final ``model.pt``), the trained network
+  is logged as an MLflow model of the run at ``COMPLETED`` (:func:`log_network_model`).
 
 Artifacts (figures, metric tables, the executed config) are MONAI's ``artifacts``, uploaded at
 ``COMPLETED``. :func:`executed_config_path` gives the executed config file that MONAI's tracking
@@ -36,12 +38,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
-__all__ = ["FoldMLFlowHandler", "executed_config_path", "flatten_params"]
+__all__ = ["FoldMLFlowHandler", "executed_config_path", "flatten_params", "log_network_model"]
 
 RUN_KEY_TAG = "run_key"
+#: name of the logged model within its run (``runs:/<run_id>/model``)
+MODEL_NAME = "model"
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -78,6 +83,66 @@ def executed_config_path(save_execute_config: Any, output_dir: str | os.PathLike
     return newest[-1:]
 
 
+def log_network_model(client: Any, run_id: str, model_path: str | os.PathLike, name: str = MODEL_NAME) -> str:
+    """Log the ``MedicalMattingNet`` of a trained ``model.pt`` as an MLflow model of run ``run_id``.
+
+    The network is built from the file's own constructor arguments (``_extra_state``), loaded with
+    ``torch.load(weights_only=True)`` and scripted: the model is MLflow's ``pytorch`` flavour
+    holding a TorchScript file, so ``mlflow.pytorch.load_model(uri)`` returns it without the
+    bundle's code (``forward`` -> alpha, ``predict`` -> alpha and uncertainty) and
+    ``mlflow.pyfunc.load_model(uri).predict(images)`` maps a float32 array (B, C, H, W) of any H, W
+    to the alpha matte (B, 1, H, W). The arguments are the model's ``metadata["network_args"]``.
+
+    Returns:
+        the model's URI (``models:/<model_id>``).
+
+    Raises:
+        FileNotFoundError: ``model_path`` does not exist.
+        ValueError: the file does not carry the network's arguments.
+    """
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from scripts.networks import MedicalMattingNet
+
+    path = os.fspath(model_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MLflow model: the trained weights {path} do not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    args = MedicalMattingNet.checkpoint_config(state)
+    if args is None:
+        raise ValueError(f"MLflow model: {path} does not carry the network's arguments (_extra_state)")
+    network = MedicalMattingNet(**args)
+    network.load_state_dict(state)
+    scripted = torch.jit.script(network.eval())
+    channels = int(args.get("in_channels", 1))
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]))
+    # MLflow logs models through its fluent API: point it at this run's store for the call, then
+    # restore the process's tracking URI and MLFLOW_TRACKING_URI (set_tracking_uri exports it, and
+    # MONAI's MLFlowHandler prefers that variable over its own tracking_uri)
+    explicit = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                scripted, name=name, serialization_format="pickle",  # a TorchScript archive: torch.jit.load reads it
+                signature=signature, metadata={"network_args": args, "weights": path},
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+    finally:
+        mlflow.set_tracking_uri(explicit)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+    return info.model_uri
+
+
 class FoldMLFlowHandler(MLFlowHandler):
     """``MLFlowHandler`` that keeps one run per ``run_key`` and logs parameters and tags (module docstring).
 
@@ -88,6 +153,8 @@ class FoldMLFlowHandler(MLFlowHandler):
         tags: tags to set (``None`` values are skipped).
         parent_run_id: id of a parent run (``mlflow.parentRunId`` tag; ``None``/empty: none).
         reopen: re-open a finished run with the same name and ``run_key`` (``True``) or start a new one.
+        model_path: the trained ``model.pt`` to log as the run's MLflow model at ``COMPLETED``
+            (:func:`log_network_model`; ``None``: no model).
         kwargs: ``MLFlowHandler`` arguments (``tracking_uri``, ``experiment_name``, ``run_name``,
             ``artifacts``, ``iteration_log``, ``close_on_complete``, ...).
 
@@ -103,6 +170,7 @@ class FoldMLFlowHandler(MLFlowHandler):
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         reopen: bool = True,
+        model_path: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         artifacts = kwargs.pop("artifacts", None)
@@ -117,7 +185,9 @@ class FoldMLFlowHandler(MLFlowHandler):
         self.tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
         self.parent_run_id = str(parent_run_id) if parent_run_id else None
         self.reopen = reopen
+        self.model_path = os.fspath(model_path) if model_path else None
         self.run_id: str | None = None  # the fold's run (kept after MONAI's close)
+        self.model_uri: str | None = None  # the logged model, once logged
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
@@ -168,6 +238,12 @@ class FoldMLFlowHandler(MLFlowHandler):
             params=[mlflow.entities.Param(k, v) for k, v in new.items()],
             tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()],
         )
+
+    def complete(self) -> None:
+        """MONAI's artifacts, then the trained network as the run's MLflow model (with ``model_path``)."""
+        super().complete()
+        if self.model_path and self.cur_run is not None:
+            self.model_uri = log_network_model(self.client, self.cur_run.info.run_id, self.model_path)
 
     def failed(self, engine: Engine, e: Exception) -> None:
         """Mark the run ``FAILED``, then re-raise (Ignite's default behaviour)."""

@@ -1,4 +1,5 @@
-"""Evaluation metrics: alpha-matting errors (SAD, MSE, Grad, Conn) and Prob. U-Net sample metrics (GED, Dice)."""
+"""Evaluation metrics: alpha-matting errors (SAD, MSE, Grad, Conn), Prob. U-Net sample metrics (GED, Dice), the
+QUBIQ score and the per-case region sizes."""
 
 from .matting import (
     MATTING_METRIC_NAMES,
@@ -13,6 +14,7 @@ from .matting import (
     gaussian_gradient_magnitude,
     quantize_alpha,
 )
+from .qubiq import QUBIQ_THRESHOLDS, QubiqScore, RegionSize, compute_qubiq_score, compute_region_size
 from .handlers import METRIC_NAMES, SAMPLE_METRIC_NAMES, metric_handlers
 from .samples import (
     GeneralizedEnergyDistance,
@@ -31,6 +33,11 @@ __all__ = [
     "MATTING_METRIC_NAMES",
     "MATTING_REGIONS",
     "MattingMetric",
+    "QUBIQ_THRESHOLDS",
+    "QubiqScore",
+    "RegionSize",
+    "compute_qubiq_score",
+    "compute_region_size",
     "GeneralizedEnergyDistance",
     "SampleDiceMetric",
     "UncertaintyRaterCorrelation",

@@ -16,6 +16,7 @@ from monai.handlers import IgniteMetricHandler, from_engine
 from scripts.metric_names import METRIC_NAMES, SAMPLE_METRIC_NAMES
 
 from .matting import MattingMetric
+from .qubiq import QubiqScore, RegionSize
 from .samples import GeneralizedEnergyDistance, SampleDiceMetric, UncertaintyRaterCorrelation
 
 __all__ = ["METRIC_NAMES", "SAMPLE_METRIC_NAMES", "metric_handlers"]
@@ -26,8 +27,9 @@ def metric_handlers(names: Sequence[str], prefix: str = "", save_details: bool =
     """``{prefix + name: IgniteMetricHandler}`` for ``key_val_metric`` / ``additional_metrics`` of an evaluator.
 
     The matting metrics read ``from_engine(["pred", "label"])`` (alpha, [true alpha, unknown
-    region]), the sample metrics ``from_engine(["sample_probs", "masks"])`` and ``unc_corr``
-    ``from_engine(["uncertainty", "masks"])``: the keys of
+    region]), the sample metrics ``from_engine(["sample_probs", "masks"])``, ``unc_corr``
+    ``from_engine(["uncertainty", "masks"])``, ``qubiq`` and ``foreground_pixels``
+    ``from_engine(["pred", "masks"])`` and ``unknown_pixels`` ``from_engine(["pred", "label"])``: the keys of
     ``MattingEvaluator``'s output.
 
     Args:
@@ -49,6 +51,12 @@ def metric_handlers(names: Sequence[str], prefix: str = "", save_details: bool =
             metric, output = SampleDiceMetric(), ["sample_probs", "masks"]
         elif name == "unc_corr":
             metric, output = UncertaintyRaterCorrelation(), ["uncertainty", "masks"]
+        elif name == "qubiq":
+            metric, output = QubiqScore(), ["pred", "masks"]
+        elif name == "foreground_pixels":
+            metric, output = RegionSize("foreground"), ["pred", "masks"]
+        elif name == "unknown_pixels":
+            metric, output = RegionSize("unknown"), ["pred", "label"]
         else:
             kind, region = name.split("_", 1)
             metric, output = MattingMetric(kind, region=region), ["pred", "label"]

@@ -12,8 +12,10 @@ It serves
   ``map_type``: ``alpha`` | ``uncertainty`` | ``mask``), with the input's geometry;
 - ``POST /train/medical_matting``: the bundle's training on the final labels of the datastore,
   publishing ``models/model.pt`` (only with ``--conf allow_training true``);
+- ``POST /scoring/uncertainty`` and ``POST /activelearning/uncertainty``: each unlabeled study's
+  uncertainty, and the study the model is least sure about (``lib/activelearning.py``);
 
-plus everything MONAI Label serves for any app (``/info/``, ``/datastore/``, ``/activelearning/``...).
+plus everything MONAI Label serves for any app (``/info/``, ``/datastore/``, ``/activelearning/random``...).
 Requests the app refuses get a 4xx with the reason in ``detail`` (400 bad option or id, 403 training
 not enabled, 404 unknown image / model, 409 no trained weights or changed configs, 413 image above
 the documented maximum size, 415 unsupported or unreadable image; 503 too many waiting inferences),
@@ -37,6 +39,7 @@ from typing import Any, Dict, Mapping
 
 import monailabel
 import lib.security as security
+from lib.activelearning import MostUncertain, UncertaintyScoring, install_activelearning_guards, scoring_job_waiting
 from lib.configs.medical_matting import MedicalMatting, conf_flag, default_bundle_root
 from lib.errors import FinalLabelExistsError, MattingAppError, TrainingDisabledError, UnknownTaskError
 from lib.security import (
@@ -58,6 +61,8 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.interfaces.utils.app import app_instance
 
@@ -114,6 +119,7 @@ class MedicalMattingApp(MONAILabelApp):
         )
         configure_slots(int(conf.get("infer_workers", 2)))
         install_request_guards(app_instance)
+        install_activelearning_guards(app_instance)
 
     # ------------------------------------------------------------------ MONAI Label hooks
     def init_datastore(self) -> Datastore:
@@ -145,6 +151,19 @@ class MedicalMattingApp(MONAILabelApp):
             if task:
                 trainers[config.name] = task
         return trainers
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        return {**super().init_strategies(), "uncertainty": MostUncertain()}
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        task = self._infers.get("medical_matting")
+        return {"uncertainty": UncertaintyScoring(task)} if task is not None else {}
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label's rerun of every scoring method (after a proposal or a training), unless one is already queued."""
+        if not method and scoring_job_waiting():
+            return {}
+        return super().async_scoring(method, params)
 
     def on_init_complete(self) -> None:
         super().on_init_complete()

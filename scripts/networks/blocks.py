@@ -40,9 +40,10 @@ class LayoutKeepingInstanceNorm2d(nn.InstanceNorm2d):
     (1, C, H, W) slice (batch statistics of one image are its instance statistics), whose CPU
     kernels work on the channels-last layout directly; the slices are concatenated back (one copy,
     against four). Two conv -> norm -> ReLU layers in bfloat16, forward + backward: 0.66-0.97x the
-    time (``python -m tools.benchmarks.instance_norm_layouts``), the default training step 0.82x on
-    a 2-core AMD EPYC; the values are the same (bfloat16: identical; float32: the reduction order
-    differs, ~4e-6) (docs/benchmarks.md, "per-image instance norm"). NCHW inputs, and running statistics (``track_running_stats``, never used
+    time, the default training step 0.82x on a 2-core AMD EPYC; the values are the same (bfloat16:
+    identical; float32: the reduction order differs, ~4e-6) (docs/benchmarks.md, "Levers tried";
+    PyTorch 2.13's instance norm also returns a wrong input gradient for a channels-last batch of
+    one image, which this path avoids). NCHW inputs, and running statistics (``track_running_stats``, never used
     by this model), take PyTorch's own path. Same constructor and state as ``nn.InstanceNorm2d``.
 
     Example::

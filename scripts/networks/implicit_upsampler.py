@@ -14,8 +14,9 @@ continuous 2D domain (LIIF convention: pixel centres, normalised coordinates in 
 4. Each code is sampled bilinearly from the *original* source map at its (moved) position
    ``x_i`` (``grid_sample``, all k x k samples in one call); the two-layer MLP ``f_theta`` decodes
    ``[z_i, x_q - x_i]``; the k x k decoded values are summed (optionally weighted by LIIF's
-   areas, k = 2 only). ``decode_reference`` does exactly this; ``forward`` gives the same result
-   faster by moving the MLP's linear parts out of the per-code work (see its docstring).
+   areas, k = 2 only). ``forward`` computes exactly this, faster, by moving the MLP's linear parts
+   out of the per-code work (see its docstring); the literal form is the reference of the tests
+   (``tests/test_networks_implicit.py``).
 
 Hand-written: no maintained library provides this function (LIIF is a research repository).
 Codes are sampled with ``grid_sample``, which gives the same values as the paper's
@@ -164,7 +165,8 @@ class RegionAwareImplicitUpsampler(nn.Module):
         Target pixel j has the normalised centre ``(2j + 1) / Hq - 1``; in source-cell units
         (source pixel i at i) that is ``(j + 0.5) * h / Hq - 0.5``.
         """
-        h, w, hq, wq = int(source_size[0]), int(source_size[1]), int(output_size[0]), int(output_size[1])
+        # sizes as they come (no int()): under torch.export they stay symbolic, so the export takes any H, W
+        h, w, hq, wq = source_size[0], source_size[1], output_size[0], output_size[1]
         ys = (torch.arange(hq, device=device, dtype=dtype) + 0.5) * (h / hq) - 0.5
         xs = (torch.arange(wq, device=device, dtype=dtype) + 0.5) * (w / wq) - 0.5
         return torch.stack(torch.meshgrid([ys, xs], indexing="ij"), dim=-1)
@@ -195,7 +197,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
         if offset_conv is None:
             return None
         up = feat
-        size = [int(output_size[0]), int(output_size[1])]
+        size = [output_size[0], output_size[1]]
         if [feat.shape[-2], feat.shape[-1]] != size:
             up = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
         off = offset_conv(up)  # (B, 2*k*k, Hq, Wq)
@@ -236,7 +238,7 @@ class RegionAwareImplicitUpsampler(nn.Module):
             raise ValueError(f"expected features (B, {self.in_channels}, h, w), got {feat.shape}")
         if len(output_size) != 2:
             raise ValueError(f"output_size must be two positive ints (Hq, Wq), got {output_size}")
-        hq, wq = int(output_size[0]), int(output_size[1])
+        hq, wq = output_size[0], output_size[1]  # no int(): under torch.export they stay symbolic (any H, W)
         if hq < 1 or wq < 1:
             raise ValueError(f"output_size must be positive, got {output_size}")
         return hq, wq
@@ -252,27 +254,11 @@ class RegionAwareImplicitUpsampler(nn.Module):
         area = (rel[..., 0].abs() + eps) * (rel[..., 1].abs() + eps)
         return area.flip(1) / area.sum(dim=1, keepdim=True)
 
-    def decode_reference(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
-        """Equation (2) literally: sample each code, run ``f_theta`` on ``[z_i, x_q - x_i]``, sum.
-
-        Same result as :meth:`forward` (which reorders the linear parts for speed); kept as the
-        readable definition and for tests.
-        """
-        hq, wq = self._check(feat, output_size)
-        b, kk = feat.shape[0], self.kernel_size * self.kernel_size
-        query, pos = self.positions(feat, [hq, wq])
-        codes = self._sample(feat, pos)  # (B, C, K*Hq, Wq)
-        rel = query - pos  # (B, K, Hq, Wq, 2): x_q - x_i in source-cell units
-        rel_map = rel.permute(0, 4, 1, 2, 3).reshape(b, 2, kk * hq, wq).to(feat.dtype)
-        pred = self.mlp(torch.cat([codes, rel_map], dim=1)).view(b, self.out_channels, kk, hq, wq)
-        if self.area_weighting:
-            return (pred * self._ensemble_weights(rel).to(pred.dtype).unsqueeze(1)).sum(dim=2)
-        return pred.sum(dim=2)
-
     def forward(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
         """Decode ``feat`` (B, C, h, w) at the target grid ``output_size`` -> (B, out_channels, Hq, Wq).
 
-        Computes :meth:`decode_reference` with exact rewrites of the MLP's linear layers: the
+        Computes equation (2) (sample each code, run ``f_theta`` on ``[z_i, x_q - x_i]``, sum) with
+        exact rewrites of the MLP's linear layers: the
         second layer is applied *after* the sum over the k x k codes (it is linear), and, when the
         hidden width is not larger than C, the first layer's code part ``W_z z + b`` is applied to
         the source map *before* sampling (bilinear sampling is linear with weights summing to 1,

@@ -161,7 +161,7 @@ def _upsample_rows(
 
 def _resize(x: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Bilinear resize of (B, C, h, w) to ``size`` (H, W); ``x`` itself when it already has that size."""
-    size = [int(size[0]), int(size[1])]
+    size = [size[0], size[1]]  # no int(): sizes from shapes stay symbolic under torch.export (any H, W)
     if [x.shape[-2], x.shape[-1]] == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -1,6 +1,9 @@
 """Which cases train, validate and test in one cross-validation round (the honest protocol).
 
-The test fold (``fold``) is used only by evaluation. Validation during training never touches it:
+The test fold (``fold``) is used only by evaluation. A dataset with a fixed split (``datalist.json``
+``test_folds``, written by ``scripts.prepare_data`` for a manifest ``split`` column or
+``--test_cases``) may be tested on those folds only: testing on its training fold would swap the
+user's split. Validation during training never touches it:
 with ``val_fold=None`` the validator watches the training cases themselves (a fit monitor, never
 used to pick a model); with ``val_fold=k`` (k != fold) fold k is held out of training and
 validates. The reported model is the one at the end of training in every case.
@@ -39,6 +42,10 @@ def fold_split(datalist: dict, fold: int, val_fold: int | None = None) -> dict[s
             raise ValueError("the datalist has no cases")
         return {"train": cases, "val": list(cases), "test": []}
     fold = int(fold)
+    test_folds = datalist.get("test_folds")
+    if test_folds is not None and fold not in test_folds:
+        raise ValueError(f"fold {fold}: the dataset has a fixed split whose test cases are fold(s) {test_folds} "
+                         f"(datalist.json test_folds); use --fold {test_folds[0]}")
     train, test = split_folds(datalist, fold)
     if val_fold is None or val_fold == "" or str(val_fold).lower() == "none":
         val = list(train)

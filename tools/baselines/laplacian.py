@@ -12,7 +12,7 @@ It works for any number of channels C, so a grey image is used as one channel (p
 Laplacian with ``eps / 3`` (the covariance is ``s^2 11^T`` and ``1^T (s^2 11^T + e Id)^-1 1 =
 3 / (3 s^2 + e)``); ``tests/test_baselines.py`` checks this and checks the colour case against
 pymatting. Written here (rather than calling pymatting) so that the closed-form study
-(:mod:`tools.baselines.closed_form_study`) can vary the channels, and because information-flow
+(:mod:`tools.studies.closed_form_study`) can vary the channels, and because information-flow
 matting (:mod:`tools.baselines.information_flow`) needs it for grey images.
 
 :func:`solve_alpha` solves ``L alpha = 0`` with the trimap either as hard constraints (known pixels

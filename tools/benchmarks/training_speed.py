@@ -5,7 +5,7 @@ Usage::
     OMP_NUM_THREADS=2 python -m tools.benchmarks.training_speed --iterations 20 --warmup 3 \\
         --json speed.json [--threads 2] [--bf16] [--compile] [--set prob_filters=[16,32,64,96] ...]
 
-What it measures (one configuration per run; ``tools.benchmarks.levers`` compares two):
+What it measures (one configuration per run; ``tools.benchmarks.ab`` compares several):
 
 - **training throughput**: the network, loss, optimiser and augmentation settings come from
   ``configs/train.yaml`` (``--config``; ``--set ID=VALUE`` overrides any config id, e.g.
@@ -142,7 +142,7 @@ def build_from_config(config_file: str | Path = DEFAULT_CONFIG, overrides: Optio
         # the optimiser's other arguments (e.g. ``fused``), as the config passes them to Adam
         "optimizer_args": {k: get(f"optimizer#{k}") for k in parser.get("optimizer") if k not in ("_target_", "params", "lr")},
         "pseudo_gt": str(get("pseudo_gt")),
-        "cpu_bf16": get("cpu_bf16"),  # MattingTrainer reads it (true / false, also as strings)
+        "cpu_bf16": get("precision") == "bfloat16",  # cpu_bf16 / amp resolved for this CPU (scripts.workflows.precision)
         "in_channels": int(get("in_channels")),
         "num_samples": int(network.num_samples),
         "network_args": network_args,
