@@ -51,7 +51,7 @@ def test_match_channels():
     assert grey.shape == (1, 2, 3)
     np.testing.assert_allclose(grey, 0.299 * 100 + 0.587 * 50 + 0.114 * 10, rtol=1e-6)
     assert match_channels(grey, 3).shape == (3, 2, 3)
-    with pytest.raises(UnsupportedStudyImageError, match="2 channels"):
+    with pytest.raises(UnsupportedStudyImageError, match="has 2 channel"):
         match_channels(np.zeros((2, 4, 4)), 1)
 
 

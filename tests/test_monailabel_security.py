@@ -80,6 +80,13 @@ def test_upload_suffixes_bind_hosts_and_json_options():
     assert bind_host(["x", "start_server", "-i", "127.0.0.1"]) == "127.0.0.1"
     assert bind_host(["x", "start_server", "--host=::1"]) == "::1"
     assert bind_host(["-m", "train"]) is None  # MONAI Label's background task processes
+    # every spelling MONAI Label's own parser accepts gives the address it binds (the last one wins)
+    for argv in (["--host", "127.0.0.1", "-i0.0.0.0"], ["--ho", "0.0.0.0"], ["--hos=0.0.0.0"],
+                 ["-i", "127.0.0.1", "--host=0.0.0.0"], ["--conf", "host", "127.0.0.1"]):
+        assert bind_host(["monailabel", "start_server", "--app", "a", *argv]) == "0.0.0.0", argv
+    assert bind_host(["monailabel", "start_server", "--hos", "0.0.0.0", "-i", "::1"]) == "::1"
+    with pytest.raises(RuntimeError, match="bind address is unknown"):
+        bind_host(["monailabel", "start_server", "--port", "not-a-number"])
     for host in ("127.0.0.1", "::1", "localhost", None):
         check_bind_host(host, auth_enabled=False, allow_remote=False)
     check_bind_host("0.0.0.0", auth_enabled=True, allow_remote=False)
@@ -87,7 +94,7 @@ def test_upload_suffixes_bind_hosts_and_json_options():
     with pytest.raises(RuntimeError, match="without authentication"):
         check_bind_host("0.0.0.0", auth_enabled=False, allow_remote=False)
     assert parse_json_object('{"a": 1}', "params") == {"a": 1} and parse_json_object("", "params") == {}
-    for text in ("{", "[1]", '"x"', '{"a": NaN}', '{"a": Infinity}'):
+    for text in ("{", "[1]", '"x"', '{"a": NaN}', '{"a": Infinity}', '{"a": ' + "[" * 100000 + "]" * 100000 + "}"):
         with pytest.raises(InvalidRequestError):
             parse_json_object(text, "params")
 
@@ -457,8 +464,8 @@ def test_planted_config_is_never_evaluated_even_with_training_enabled(servers):
 
 
 # ------------------------------------------------------------------------------------- startup refusals
-def _expect_refusal(root: Path, bundle: Path, studies: Path, name: str, host, expected: str) -> None:
-    proc, log, log_path, port = _launch(root, bundle, studies, name, [], host=host)
+def _expect_refusal(root: Path, bundle: Path, studies: Path, name: str, host, expected: str, extra=()) -> None:
+    proc, log, log_path, port = _launch(root, bundle, studies, name, list(extra), host=host)
     try:
         deadline = time.time() + STARTUP_TIMEOUT_S
         while proc.poll() is None and time.time() < deadline:
@@ -488,3 +495,6 @@ def test_server_refuses_all_interfaces_without_authentication(servers):
     studies = servers.root / "studies_nohost"
     studies.mkdir()
     _expect_refusal(servers.root, servers.bundle, studies, "nohost", None, "without authentication")
+    # a spelling of the option that the check once read differently from MONAI Label's parser
+    _expect_refusal(servers.root, servers.bundle, studies, "hostspelling", None, "listens on 0.0.0.0 without",
+                    extra=["--host", "127.0.0.1", "-i0.0.0.0"])

@@ -458,3 +458,39 @@ def test_cli_user_errors_are_one_line_with_exit_2(bg_like, capsys):
     assert str(empty) in _cli_error(capsys, [*bg, "--source", str(empty)])
     assert "source not found" in _cli_error(capsys, [*bg, "--source", str(tmp_path / "missing.pkl")])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_zip_bomb_is_refused_in_bounded_memory(tmp_path):
+    """A member whose data expands far past the limit (its header declaring the limit or lying) is refused
+    while streaming; memory stays near the limit, not the member's size."""
+    import resource
+    import struct
+    import zipfile
+
+    from scripts.data.errors import DatasetSourceError
+    from scripts.data.sources import read_pickle_source, read_zip_member
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("data.pkl", "w") as member:
+            block = b"\0" * (1 << 20)
+            for _ in range(256):  # 256 MB of zeros: ~250 KB compressed
+                member.write(block)
+    with pytest.raises(DatasetSourceError, match=r"bomb.zip: member 'data.pkl' .*(expands|declares)"):
+        read_pickle_source(bomb)
+    # the same member with a lying header (declared 1 KB): zipfile stops at the declared size, the CRC fails
+    raw = bytearray(bomb.read_bytes())
+    with zipfile.ZipFile(bomb) as zf:
+        info = zf.getinfo("data.pkl")
+    for offset in (info.header_offset, raw.rfind(b"PK\x01\x02")):
+        signature = bytes(raw[offset:offset + 4])
+        field = 22 if signature == b"PK\x03\x04" else 24  # uncompressed size in the local / central header
+        if struct.unpack_from("<I", raw, offset + field)[0] != 0xFFFFFFFF:
+            struct.pack_into("<I", raw, offset + field, 1024)
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(bytes(raw))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with zipfile.ZipFile(liar) as zf, pytest.raises(DatasetSourceError, match="decompress|declares|expands|cannot be read"):
+        read_zip_member(zf, liar, "data.pkl", max_bytes=8 << 20, max_ratio=1e9)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 64, f"peak RSS grew {grown_mb:.0f} MB"

@@ -107,6 +107,17 @@ def test_training_resumes_after_kill_without_repeating_or_skipping_epochs(traine
     assert all(torch.equal(final[k], state["network"][k]) for k in final)
 
 
+def test_a_killed_and_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(trained, tmp_path):
+    """The random states (shuffling, augmentation, samples) are in the checkpoint: resuming changes nothing."""
+    ckpt = tmp_path / "models"
+    _bundle("training", "--dataset_dir", str(trained["phantom"]), "--fold", "0", "--ckpt_dir", str(ckpt),
+            "--output_dir", str(tmp_path / "eval"), "--epochs", "3", "--tracking", "configs/mlflow.yaml", *TINY)
+    resumed = torch.load(trained["ckpt"] / "model.pt", map_location="cpu", weights_only=True)
+    uninterrupted = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    differing = [k for k in uninterrupted if torch.is_tensor(uninterrupted[k]) and not torch.equal(uninterrupted[k], resumed[k])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
 def test_mlflow_run_holds_parameters_and_one_value_per_epoch(trained):
     from mlflow.tracking import MlflowClient
 

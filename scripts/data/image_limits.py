@@ -15,8 +15,8 @@ Limits (documented in docs/reliability.md, "Memory and time bounds"):
 - :data:`MAX_IMAGE_PIXELS`: 64 megapixels (8192 x 8192) per 2-D image or volume slice. With the
   bounded internal grid of the inferer the peak memory of one inference is about
   0.4 GB + 40 bytes per output pixel, so the largest image needs about 3 GB;
-- :data:`MAX_IMAGE_VOXELS`: 512 x 512 x 512 voxels in a volume (the app processes volumes slice
-  by slice; the loaded volume as float32 is 512 MB).
+- :data:`MAX_IMAGE_VOXELS`: 512 x 512 x 512 values in a volume, every dimension counted (a 4-D
+  NIfTI's 4th too); volumes are processed slice by slice (``scripts.workflows.volumes``).
 
 Example:
     >>> check_image_header("scan.png").shape  # doctest: +SKIP
@@ -78,7 +78,13 @@ class ImageHeader:
 
     @property
     def voxels(self) -> int:
-        return int(math.prod(self.shape))
+        """Every value of the image: all dimensions (a 4-D NIfTI's 4th included), times the channels."""
+        return int(math.prod(self.shape)) * int(self.channels)
+
+    @property
+    def slices(self) -> int:
+        """2-D slices of the image: 1 for an image, the product of the dimensions after the first two for a volume."""
+        return int(math.prod(self.shape[2:])) if len(self.shape) > 2 else 1
 
 
 def _suffix(path: str) -> str:
@@ -123,8 +129,8 @@ def read_image_header(path: Union[str, os.PathLike]) -> ImageHeader:
             import nibabel as nib
 
             img = nib.load(path)  # header only: the data stays on disk
-            shape = tuple(int(s) for s in img.shape)
-            return ImageHeader(shape[:3] if len(shape) > 3 else shape, int(math.prod(shape[3:])) or 1, "NIfTI")
+            shape = tuple(int(s) for s in img.shape)  # every dimension: a 4-D series counts all its volumes
+            return ImageHeader(shape, 1, "NIfTI")
         if suffix in _ITK:
             import SimpleITK as sitk
 
@@ -163,7 +169,7 @@ def check_image_header(
         raise ImageTooLargeError(
             f"{path}: {rows} x {cols} pixels ({header.slice_pixels / 1e6:.1f} megapixels) is above the maximum of "
             f"{max_pixels / 1e6:.1f} megapixels; shrink the image first")
-    if header.voxels > max_voxels:
+    if len(header.shape) > 2 and header.voxels > max_voxels:
         raise ImageTooLargeError(
             f"{path}: volume {' x '.join(map(str, header.shape))} ({header.voxels / 1e6:.1f} M voxels) is above the "
             f"maximum of {max_voxels / 1e6:.1f} M voxels; crop or resample it first")

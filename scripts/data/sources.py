@@ -27,7 +27,8 @@ from PIL import Image
 from scripts.data.errors import DatasetSourceError
 from scripts.data.safe_pickle import safe_loads_pickle
 
-__all__ = ["is_url", "fetch_source", "read_pickle_source", "read_trimap_source"]
+__all__ = ["is_url", "fetch_source", "read_pickle_source", "read_trimap_source", "read_zip_member",
+           "MAX_MEMBER_BYTES", "MAX_COMPRESSION_RATIO"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +88,60 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise DatasetSourceError(f"{path}: not a complete zip archive (truncated or corrupt: {e})") from e
 
 
-def _read_member(zf: zipfile.ZipFile, path: Path, member: str) -> bytes:
+#: largest zip member read (declared and actual size): the pickle of a dataset, not a decompression bomb
+MAX_MEMBER_BYTES = 1 << 30
+#: largest ratio of a member's size to its compressed size (images and pickles compress far less)
+MAX_COMPRESSION_RATIO = 200
+
+
+def read_zip_member(
+    zf: zipfile.ZipFile, path: str | PathLike, member: str, max_bytes: int = MAX_MEMBER_BYTES,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
+) -> bytes:
+    """The bytes of one zip member, refused before and while decompressing when it is too large.
+
+    The declared size and compression ratio are checked first; the member is then decompressed in
+    chunks and refused as soon as the bytes actually produced pass ``max_bytes`` (a member whose
+    header lies about its size), so a bomb costs at most ``max_bytes`` of memory. Hand-written:
+    :mod:`zipfile` reads a member whole, trusting nothing but the data.
+
+    Raises:
+        DatasetSourceError: one line naming the archive and member: too large (declared or actual),
+            too compressed, or unreadable (truncated, bad CRC, corrupt).
+    """
     try:
-        return zf.read(member)
+        info = zf.getinfo(member)
+    except KeyError as e:
+        raise DatasetSourceError(f"{path}: no member '{member}'") from e
+    if info.file_size > max_bytes:
+        raise DatasetSourceError(f"{path}: member '{member}' declares {info.file_size} bytes, above the limit of "
+                                 f"{max_bytes} bytes; refused unread")
+    if info.compress_size and info.file_size / info.compress_size > max_ratio:
+        raise DatasetSourceError(f"{path}: member '{member}' expands {info.file_size / info.compress_size:.0f}x "
+                                 f"(limit {max_ratio:g}x): refused as a decompression bomb")
+    chunks, total = [], 0
+    try:
+        with zf.open(info) as stream:
+            while True:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise DatasetSourceError(f"{path}: member '{member}' decompresses past {max_bytes} bytes (it "
+                                             f"declares {info.file_size}): refused as a decompression bomb")
+                chunks.append(chunk)
+    except DatasetSourceError:
+        raise
     except Exception as e:  # BadZipFile (bad CRC), EOFError, zlib.error (not an OSError), ...
         raise DatasetSourceError(
             f"{path}: member '{member}' cannot be read (truncated or corrupt: {type(e).__name__}: {e})"
         ) from e
+    return b"".join(chunks)
+
+
+def _read_member(zf: zipfile.ZipFile, path: Path, member: str) -> bytes:
+    return read_zip_member(zf, path, member)
 
 
 def _is_junk(member: str) -> bool:

@@ -54,8 +54,11 @@ from monai.transforms import (
 __all__ = [
     "MATTING_KEYS",
     "TRIMAP_UNKNOWN",
+    "stored_array",
+    "match_channels",
     "scale_intensity_to_unit",
     "ScaleIntensityToUnitd",
+    "MatchChannelsd",
     "CheckMattingSampled",
     "LoadMattingImaged",
     "matting_load_transforms",
@@ -68,6 +71,58 @@ __all__ = [
 MATTING_KEYS = ("image", "alpha", "masks", "trimap")
 #: the trimap value of the unknown region
 TRIMAP_UNKNOWN = 128
+
+
+#: Pillow modes of 16-bit pixels -> their type (MONAI's ``PILReader`` returns these pixels as int32)
+_PIL_16_BIT_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I;16S": np.int16}
+
+
+def stored_array(image: np.ndarray | torch.Tensor, name: str = "image") -> np.ndarray:
+    """The image's values as a NumPy array of the type its file stores them in.
+
+    MONAI's ``PILReader`` hands 16-bit PNG / TIFF pixels over as int32 (Pillow's mode ``"I;16"``
+    converted to ``"I"``); scaled by the int32 range they would all be ~0.5. The Pillow mode kept
+    in the metadata (``meta["mode"]``) gives the stored type back, so the intensity rule scales
+    them by the 16-bit range. Other arrays are returned as they are.
+
+    Raises:
+        ValueError: values outside the range of the type the metadata names (a corrupt file).
+    """
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    meta = getattr(image, "meta", None)
+    mode = meta.get("mode") if isinstance(meta, Mapping) else None
+    stored = _PIL_16_BIT_MODES.get(mode[0] if isinstance(mode, (list, tuple)) and mode else mode)
+    if stored is None or array.dtype == stored or not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return array
+    info = np.iinfo(stored)
+    if int(array.min()) < info.min or int(array.max()) > info.max:
+        raise ValueError(f"{name}: a {mode} image holds values outside [{info.min}, {info.max}]")
+    return array.astype(stored)
+
+
+def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
+    """A channel-first image (C, ...) in [0, 1] given the network's channel count: the one colour rule.
+
+    Grey -> RGB repeats the channel; RGB or RGBA -> grey is the ITU-R 601 luma of the colour
+    channels (``0.299 R + 0.587 G + 0.114 B``, what Pillow's ``convert("L")`` computes; an alpha
+    channel is dropped); RGBA -> RGB drops the alpha channel. Used by CLI inference and the MONAI
+    Label app alike (docs/inference.md, "Inputs").
+
+    Raises:
+        ValueError: any other channel combination, naming the image.
+    """
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if channels == 1 and c in (3, 4):
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, *([1] * (image.ndim - 1)))
+        return (np.asarray(image[:3], dtype=np.float32) * weights).sum(0, keepdims=True)
+    if channels == 3 and c == 4:
+        return image[:3]
+    if channels == 3 and c == 1:
+        return np.repeat(image, 3, axis=0)
+    raise ValueError(f"{name}: the image has {c} channel(s), the network expects {channels} "
+                     "(grey, RGB or RGBA images are converted; other channel counts are not)")
 
 
 def scale_intensity_to_unit(
@@ -86,7 +141,8 @@ def scale_intensity_to_unit(
       scaled by their own minimum and maximum, and the returned description says so.
 
     Args:
-        image: the image array (any shape), with its original dtype (load with ``dtype=None``).
+        image: the image array (any shape), with its original dtype (load with ``dtype=None``); a
+            MONAI ``MetaTensor`` of a 16-bit PNG / TIFF is read as 16-bit (:func:`stored_array`).
         intensity_range: ``None`` or ``[low, high]`` with ``high > low``.
         name: the image's file or case name for the error message.
 
@@ -100,7 +156,7 @@ def scale_intensity_to_unit(
 
         scale_intensity_to_unit(np.array([0, 51, 255], np.uint8))  # ([0.0, 0.2, 1.0], "uint8 range [0, 255]")
     """
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = stored_array(image, name)
     if array.size == 0:
         raise ValueError(f"{name}: the image is empty (shape {array.shape})")
     if intensity_range is not None:
@@ -180,6 +236,40 @@ class ScaleIntensityToUnitd(MapTransform):
                 d[key] = scaled
             if self.store_scaling:
                 d[f"{key}_scaling"] = how
+        return d
+
+
+class MatchChannelsd(MapTransform):
+    """:func:`match_channels` on dictionary keys (after :class:`ScaleIntensityToUnitd`); errors name the file.
+
+    Args:
+        keys: image keys (channel first).
+        channels: the network's ``in_channels``.
+        allow_missing_keys: as in MONAI.
+
+    Example::
+
+        MatchChannelsd("image", channels=1)({"image": np.ones((3, 2, 2), np.float32)})["image"].shape  # (1, 2, 2)
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = int(channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            meta = getattr(value, "meta", None) or {}
+            name = str(meta.get("filename_or_obj") or d.get("case") or key)
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            matched = np.ascontiguousarray(match_channels(array, self.channels, name), dtype=np.float32)
+            if hasattr(value, "meta"):
+                d[key] = type(value)(torch.as_tensor(matched, device=value.device), meta=value.meta)
+            elif isinstance(value, torch.Tensor):
+                d[key] = torch.as_tensor(matched, device=value.device)
+            else:
+                d[key] = matched
         return d
 
 

@@ -22,6 +22,14 @@ same way.
   least one complete checkpoint);
 - on ``COMPLETED``: writes the network's ``state_dict`` to ``ckpt_dir/model.pt`` (atomically).
 
+Every checkpoint also holds the random states of the run at the end of its epoch
+(:func:`random_states`: PyTorch's CPU and CUDA generators, NumPy's and Python's global ones, the
+data loader's shuffling generator, every random transform of the training data and the trainer's
+own generators), restored on
+resume: a run killed at any point and resumed draws the same shuffles, augmentations and samples
+as an uninterrupted one and ends with its weights (with ``num_workers: 0``; worker processes keep
+their own generators).
+
 In a distributed run (``torchrun``, ``configs/multi_gpu_train.yaml``) every rank loads the same
 checkpoint at start (and the ranks check that they resumed from the same epoch: ``ckpt_dir`` must
 be one folder shared by all nodes), and rank 0 alone writes checkpoints and ``model.pt``.
@@ -49,7 +57,7 @@ from scripts.atomic import atomic_write, remove_stale_temporaries
 from scripts.workflows.distributed import is_main_process, rank_values
 
 __all__ = ["CHECKPOINT_PATTERN", "TrainingCheckpointHandler", "find_checkpoints", "fingerprint_differences",
-           "latest_checkpoint", "save_atomic"]
+           "latest_checkpoint", "random_states", "restore_random_states", "save_atomic"]
 
 #: file names of the training checkpoints (the epoch number after ``=``)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
@@ -117,6 +125,103 @@ def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]
 
 def _state_of(obj: Any) -> Any:
     return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+def _random_transforms(transform: Any) -> list:
+    """Every MONAI ``Randomizable`` in a (nested) ``Compose``, in a fixed order, the ones held inside
+    other transforms included (``Rand2DElasticd`` draws through its ``Rand2DElastic`` and that one's
+    grid transforms, each with its own generator)."""
+    from monai.transforms import Randomizable
+
+    found, seen = [], set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or id(obj) in seen or depth > 8:
+            return
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item, depth + 1)
+            return
+        if not hasattr(obj, "__dict__") or isinstance(obj, (torch.Tensor, torch.nn.Module)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, Randomizable):
+            found.append(obj)
+        for name in sorted(vars(obj)):
+            value = vars(obj)[name]
+            if name != "R" and (isinstance(value, (list, tuple)) or type(value).__module__.startswith(("monai", "scripts"))):
+                visit(value, depth + 1)
+
+    visit(transform, 0)
+    return found
+
+
+def _numpy_state(state: tuple) -> dict:
+    kind, keys, pos, has_gauss, cached = state
+    return {"kind": str(kind), "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_back(state: Mapping[str, Any]) -> tuple:
+    import numpy as np
+
+    return (state["kind"], state["keys"].numpy().astype(np.uint32), int(state["pos"]), int(state["has_gauss"]),
+            float(state["cached"]))
+
+
+def random_states(engine: Engine) -> dict[str, Any]:
+    """Every random state the next epoch of ``engine`` draws from, in a form ``torch.load(weights_only=True)`` reads."""
+    import random
+
+    import numpy as np
+
+    python = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state(np.random.get_state()),
+        "python": {"version": int(python[0]), "state": torch.tensor(python[1], dtype=torch.int64)},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    loader = getattr(engine.state, "dataloader", None)
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        states["loader"] = generator.get_state()
+    dataset = getattr(loader, "dataset", None)
+    states["transforms"] = [_numpy_state(t.R.get_state()) for t in _random_transforms(getattr(dataset, "transform", None))]
+    # the engine's own generators (MattingTrainer draws its pseudo ground-truth thresholds from one)
+    states["engine"] = {name: value.get_state() for name, value in sorted(vars(engine).items())
+                        if isinstance(value, torch.Generator)}
+    return states
+
+
+def restore_random_states(engine: Engine, states: Mapping[str, Any]) -> None:
+    """Set the random states saved by :func:`random_states` (a different transform list is an error)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(_numpy_state_back(states["numpy"]))
+    random.setstate((states["python"]["version"], tuple(int(v) for v in states["python"]["state"].tolist()), None))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    loader = getattr(engine.state, "dataloader", None)
+    generator = getattr(loader, "generator", None)
+    if "loader" in states and isinstance(generator, torch.Generator):
+        generator.set_state(states["loader"])
+    transforms = _random_transforms(getattr(getattr(loader, "dataset", None), "transform", None))
+    saved = states.get("transforms", [])
+    if len(saved) != len(transforms):
+        raise ValueError(f"the checkpoint holds the random states of {len(saved)} random transform(s), the training "
+                         f"data has {len(transforms)}: it was written by another pipeline")
+    for t, state in zip(transforms, saved):
+        t.R.set_state(_numpy_state_back(state))
+    for name, state in states.get("engine", {}).items():
+        generator = getattr(engine, name, None)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"the checkpoint holds the state of the trainer's generator {name!r}, which this trainer lacks")
+        generator.set_state(state)
 
 
 class TrainingCheckpointHandler:
@@ -254,6 +359,8 @@ class TrainingCheckpointHandler:
                     "raise epochs or use another ckpt_dir."
                 )
             engine.state.max_epochs = max_epochs
+        if "random_states" in checkpoint:  # checkpoints written before they were saved resume inexactly
+            restore_random_states(engine, checkpoint["random_states"])
         self.resumed_from = path
         self._last_saved_epoch = engine.state.epoch
         self.logger.info(f"resumed training from {path} (epoch {engine.state.epoch} of {engine.state.max_epochs})")
@@ -270,6 +377,7 @@ class TrainingCheckpointHandler:
             return None
         checkpoint = {name: _state_of(obj) for name, obj in self.save_dict.items()}
         checkpoint["trainer"] = engine.state_dict()
+        checkpoint["random_states"] = random_states(engine)
         if self.fingerprint is not None:
             checkpoint["fingerprint"] = self.fingerprint
         path = save_atomic(checkpoint, self.ckpt_dir / f"checkpoint_epoch={epoch}.pt")

@@ -84,6 +84,8 @@ class InferenceSummary:
 
         for item in getattr(engine.state, "inference_failures", None) or []:
             self._record(item, str(item.get(FAILURE_KEY) or "failed"))
+        for item in getattr(engine.state, "inference_volumes", None) or []:  # written slice by slice
+            self._record(item, None)
         for item in _items(engine.state.output):
             self._record(item, item.get(FAILURE_KEY))
 
@@ -102,6 +104,8 @@ class InferenceSummary:
             f"inference: {summary['succeeded']} of {summary['total']} file(s) written, {summary['failed']} failed "
             f"(summary: {path})")
         if summary["failed"] and self.raise_on_failure:
+            named = "; ".join(f"{Path(r['file']).name}: {r.get('reason', 'failed')}" for r in self.records
+                              if r["status"] == "failed")
             raise InferenceFailedError(
-                f"{summary['failed']} of {summary['total']} input file(s) failed (each named with its reason in "
-                f"{path}); the other {summary['succeeded']} were written")
+                f"{summary['failed']} of {summary['total']} input file(s) failed ({named}); the other "
+                f"{summary['succeeded']} were written (summary: {path})")

@@ -382,6 +382,38 @@ class MattingPredictionWriter:
             self.logger.debug(f"wrote the prediction of {item['case']} to {self.output_dir}")
 
 
+def save_inference_figure(
+    image: ArrayLike, alpha: ArrayLike, uncertainty: ArrayLike, path: Union[str, os.PathLike], title: str = "", dpi: int = 100
+) -> Path:
+    """One row image | alpha matte | uncertainty map, side by side, written atomically (``--figure true``).
+
+    Args:
+        image: (H, W), (1, H, W) grey or (3, H, W) / (H, W, 3) RGB in [0, 1] (or uint8).
+        alpha, uncertainty: (H', W') maps in [0, 1] (any size: each panel shows its own grid).
+        path: the figure file (``.png``).
+        title: text above the row (the case name).
+    """
+    from matplotlib.figure import Figure  # imported when drawing: configs import this module
+
+    from scripts.handlers.fold_figure import _CMAPS, _as_map, as_image, save_figure
+
+    panels = [("image", as_image(image, f"{title}: image"), None),
+              ("alpha", _as_map(alpha, f"{title}: alpha"), _CMAPS["alpha"]),
+              ("uncertainty", _as_map(uncertainty, f"{title}: uncertainty"), _CMAPS["uncertainty"])]
+    fig = Figure(figsize=(7.5, 2.9), layout="constrained")
+    for ax, (name, data, cmap) in zip(fig.subplots(1, 3), panels):
+        style = dict(cmap=cmap, vmin=0.0, vmax=1.0) if cmap else (dict(cmap="gray", vmin=0.0, vmax=1.0) if data.ndim == 2 else {})
+        handle = ax.imshow(data, interpolation="nearest", **style)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if cmap:
+            fig.colorbar(handle, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi)
+
+
 class SaveMattingPredictiond(MapTransform):
     """Post-processing transform writing one decollated prediction, like MONAI's ``SaveImaged``.
 
@@ -392,6 +424,8 @@ class SaveMattingPredictiond(MapTransform):
     Args:
         output_dir: folder for the files.
         pred_key, uncertainty_key, image_key, case_key: keys of the decollated item.
+        figure: also write ``<case>_figure.png``, image | alpha | uncertainty side by side
+            (:func:`save_inference_figure`; the strings ``"true"`` / ``"false"`` are accepted).
 
     Example (``postprocessing`` of configs/inference.yaml)::
 
@@ -405,11 +439,13 @@ class SaveMattingPredictiond(MapTransform):
         uncertainty_key: Optional[str] = "uncertainty",
         image_key: str = "image",
         case_key: str = "case",
+        figure: Union[bool, str] = False,
     ) -> None:
         super().__init__(keys=[pred_key], allow_missing_keys=False)
         self.output_dir = Path(output_dir)
         self.pred_key, self.uncertainty_key = pred_key, uncertainty_key
         self.image_key, self.case_key = image_key, case_key
+        self.figure = str(figure).strip().lower() in ("true", "1", "yes", "on")
 
     def __call__(self, data: Mapping[Any, Any]) -> Dict[Any, Any]:
         (item,) = matting_items_from_output(
@@ -417,4 +453,9 @@ class SaveMattingPredictiond(MapTransform):
             case_key=self.case_key, image_key=self.image_key,
         )
         write_matting_prediction(self.output_dir, item["case"], item["alpha"], item["uncertainty"], item["reference"])
+        if self.figure:
+            image = data.get(self.image_key)
+            image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+            save_inference_figure(image, item["alpha"], item["uncertainty"],
+                                  self.output_dir / f"{item['case']}_figure.png", title=str(item["case"]))
         return dict(data)

@@ -37,12 +37,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-from fastapi import HTTPException
-
 import monailabel
+import lib.security as security
 from lib.activelearning import MostUncertain, UncertaintyScoring, install_activelearning_guards, scoring_job_waiting
 from lib.configs.medical_matting import MedicalMatting, conf_flag, default_bundle_root
-from lib.errors import MattingAppError, TrainingDisabledError, UnknownTaskError
+from lib.errors import FinalLabelExistsError, MattingAppError, TrainingDisabledError, UnknownTaskError
 from lib.security import (
     SecureLocalDatastore,
     SecureSessions,
@@ -51,6 +50,7 @@ from lib.security import (
     check_name,
     check_studies_location,
     configure_slots,
+    http_error,
     install_request_guards,
     is_plain_name,
     trusted_inputs,
@@ -221,15 +221,59 @@ class MedicalMattingApp(MONAILabelApp):
             if not uri:
                 raise unknown_image(image)
             save = bool(request.get("save_label"))
-            tag = check_name(request.get("label_tag") or DefaultLabelTag.ORIGINAL.value, "label_tag")
+            tag = check_name(self._label_tag(request), "label_tag")
+            if save:
+                self._check_final_label(store, image, tag, request)
             result = super().infer({**request, "image": uri, "save_label": False}, store)
             if save and result.get("file") and os.path.exists(result["file"]):
                 result["label"] = store.save_label(image, result["file"], tag,
                                                    {"model": request.get("model"), "params": result.get("params")})
+                result["label_tag"] = tag  # the tag written, whatever MONAI Label's defaults say
             return result
         except MattingAppError as e:
-            logger.warning(f"infer refused ({e.status_code}): {e}")
-            raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+            raise http_error(e) from e
+
+    @staticmethod
+    def _label_tag(request: Mapping[str, Any]) -> str:
+        tag = request.get("label_tag") or DefaultLabelTag.ORIGINAL.value
+        return tag.value if isinstance(tag, DefaultLabelTag) else tag
+
+    @staticmethod
+    def _check_final_label(store: Datastore, image: str, tag: str, request: Mapping[str, Any]) -> None:
+        """A prediction never replaces a human final label unless the request says ``overwrite_final: true``."""
+        if tag == DefaultLabelTag.FINAL.value and store.get_label_uri(image, tag) and request.get("overwrite_final") is not True:
+            raise FinalLabelExistsError(
+                f"image {image!r} has a final label; a prediction replaces it only with the option overwrite_final: true "
+                "(or save it under another label_tag)")
+
+    def batch_infer(self, request, datastore=None):
+        """MONAI Label's batch inference, each image through the inference slots (``SLOTS``), never
+        replacing a final label unless ``overwrite_final: true``: images that hold one are skipped and
+        listed with the reason. The synchronous route runs in the thread pool (``lib.security``)."""
+        import torch
+
+        store = datastore if datastore else self.datastore()
+        if not torch.cuda.is_available():  # MONAI Label spreads images over the GPUs (none: modulo by zero)
+            request = {**request, "multi_gpu": False, "device": "cpu"}
+        try:
+            tag = check_name(self._label_tag(request), "label_tag")
+        except MattingAppError as e:
+            raise http_error(e) from e
+        skipped: Dict[str, Any] = {}
+
+        def infer_in_slot(req, ds):
+            image = req.get("image")
+            try:
+                self._check_final_label(ds, image, tag, {**request, **req})
+            except FinalLabelExistsError as e:
+                skipped[image] = {"skipped": str(e), "label_tag": tag}
+                return {}
+            with security.SLOTS.slot(large=True):  # queued behind interactive requests' slot
+                return self.infer({**req, "label_tag": tag}, ds)
+
+        result = self._batch_infer(request, store, infer_in_slot) if self._batch_infer else {}
+        result.update(skipped)
+        return result
 
     def train(self, request):
         """MONAI Label's ``train`` with 4xx answers for refused requests (``run_sync=true``)."""
@@ -238,5 +282,4 @@ class MedicalMattingApp(MONAILabelApp):
                 raise UnknownTaskError(f"unknown trainer {str(request.get('model'))[:64]!r}")
             return super().train(request)
         except MattingAppError as e:
-            logger.warning(f"train refused ({e.status_code}): {e}")
-            raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+            raise http_error(e) from e

@@ -66,11 +66,19 @@ class InterpolateConvUpsampler(nn.Module):
 
 
 class _StopBand(Exception):
-    """Raised by :class:`_GridStatistics` once the layer whose statistics are collected has its input."""
+    """Raised by :meth:`_GridStatistics.normalise` once the layer whose statistics are collected has its input.
+
+    Local control flow of one :meth:`MattingUNet.decode_in_rows` call: it never leaves that call.
+    """
 
 
 class _GridStatistics:
     """Whole-grid statistics of the instance-normalisation layers of ``stages``, decoded band by band.
+
+    Per-call state only: nothing is registered on the (shared) modules, so concurrent decodes of
+    one network do not see each other (forward hooks on a served network would fire in every
+    request's forward). The stages run through :func:`_run_stage`, which hands each
+    instance-normalisation layer to :meth:`normalise`.
 
     ``passes()`` yields once per such layer (in forward order) and once more (``final``): during
     pass k the layers before k normalise with their collected statistics, layer k accumulates the
@@ -85,49 +93,54 @@ class _GridStatistics:
         self.stats: Dict[nn.Module, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.rows = (0, 0)
         self.final = not self.norms
-        self._handles: List = []
-
-    def __enter__(self) -> "_GridStatistics":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._collecting: Optional[nn.Module] = None
+        self._sums: List[torch.Tensor] = []
 
     def passes(self):
         for k, norm in enumerate(self.norms):
-            self.__exit__()
-            for done in self.norms[:k]:
-                self._handles.append(done.register_forward_hook(self._normalise))
-            sums: List[torch.Tensor] = []
-
-            def collect(module, inputs, sums=sums):
-                x = inputs[0][:, :, self.rows[0] : self.rows[1]].double()
-                part = torch.stack([x.sum(dim=(2, 3)), (x * x).sum(dim=(2, 3)),
-                                    torch.full_like(x[:, :, 0, 0], x.shape[2] * x.shape[3])])
-                sums.append(part)
-                raise _StopBand
-
-            self._handles.append(norm.register_forward_pre_hook(collect))
+            self._collecting, self._sums = norm, []
             yield k
-            total = torch.stack(sums).sum(0)
+            total = torch.stack(self._sums).sum(0)
             mean = total[0] / total[2]
             var = (total[1] / total[2] - mean * mean).clamp_min(0.0)
-            dtype = self.norms[k].weight.dtype if self.norms[k].weight is not None else torch.float32
+            dtype = norm.weight.dtype if norm.weight is not None else torch.float32
             self.stats[norm] = (mean.to(dtype)[:, :, None, None], torch.rsqrt(var + norm.eps).to(dtype)[:, :, None, None])
-        self.__exit__()
-        for norm in self.norms:
-            self._handles.append(norm.register_forward_hook(self._normalise))
+        self._collecting = None
         self.final = True
         yield len(self.norms)
 
-    def _normalise(self, module, inputs, output):
+    def normalise(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)`` for a layer of another kind; an instance norm of :attr:`norms` with the collected
+        whole-grid statistics, or, for the layer being collected, its input's sums then :class:`_StopBand`."""
+        if module is self._collecting:
+            part = x[:, :, self.rows[0] : self.rows[1]].double()
+            self._sums.append(torch.stack([part.sum(dim=(2, 3)), (part * part).sum(dim=(2, 3)),
+                                           torch.full_like(part[:, :, 0, 0], part.shape[2] * part.shape[3])]))
+            raise _StopBand
+        if module not in self.stats:
+            return module(x)
         mean, rstd = self.stats[module]
-        y = (inputs[0] - mean.to(inputs[0].dtype)) * rstd.to(inputs[0].dtype)
+        y = (x - mean.to(x.dtype)) * rstd.to(x.dtype)
         if module.affine:
             y = y * module.weight[None, :, None, None] + module.bias[None, :, None, None]
         return y
+
+
+def _run_stage(module: nn.Module, x: torch.Tensor, grid_stats: _GridStatistics) -> torch.Tensor:
+    """``module(x)`` for a stage built of ``nn.Sequential`` containers (MONAI ``Convolution`` and ``ADN``,
+    :func:`conv_block`), with every leaf layer called through ``grid_stats.normalise``.
+
+    Hand-written: running a module with some of its layers replaced for one call, without changing
+    the module, is what hooks do and what concurrent requests on one network must not share.
+    """
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            x = _run_stage(child, x, grid_stats)
+        return x
+    if any(isinstance(m, nn.InstanceNorm2d) for m in module.children()):
+        raise TypeError(f"{type(module).__name__} holds an instance normalisation inside a layer that is not "
+                        "an nn.Sequential: decode_in_rows cannot normalise it with whole-grid statistics")
+    return grid_stats.normalise(module, x)
 
 
 def _conv_reach(module: nn.Module) -> int:
@@ -135,13 +148,15 @@ def _conv_reach(module: nn.Module) -> int:
     return sum(int(m.padding[0]) for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-def _upsample_rows(up: nn.Module, feat: torch.Tensor, size: List[int], row_start: int, row_stop: int) -> torch.Tensor:
+def _upsample_rows(
+    up: nn.Module, feat: torch.Tensor, size: List[int], row_start: int, row_stop: int, grid_stats: _GridStatistics
+) -> torch.Tensor:
     """Rows ``[row_start, row_stop)`` of ``up(feat, size)``: exact for the implicit upsampler; for
     interpolation + convolution the first and last ``_conv_reach(up)`` rows are only exact at the
     grid's border (the caller's band margin covers them)."""
     if isinstance(up, RegionAwareImplicitUpsampler):
         return up.forward_rows(feat, size, row_start, row_stop)
-    return up.conv(resize_rows(feat, size, row_start, row_stop))
+    return _run_stage(up.conv, resize_rows(feat, size, row_start, row_stop), grid_stats)
 
 
 def _resize(x: torch.Tensor, size: List[int]) -> torch.Tensor:
@@ -295,27 +310,29 @@ class MattingUNet(nn.Module):
             r1 = min(out_size[0], r0 + step)
             bands.append((r0, r1, max(0, r0 - margin), min(out_size[0], r1 + margin)))
 
-        def decode(m0: int, m1: int) -> torch.Tensor:
-            if x_in is not None:
-                x = _upsample_rows(up1, x_in, out_size, m0, m1)
-            else:
-                x = concat_channels([resize_rows(f1, out_size, m0, m1), _upsample_rows(self.up2, m23, out_size, m0, m1),
-                                     resize_rows(uncertainty, out_size, m0, m1)])
-                x = self.prop1(x)
-            return self.output_block(x)
-
         # instance normalisation on the output grid needs statistics over the whole grid: one extra
         # pass per such layer accumulates them over the bands' own rows, then they are held fixed
-        with _GridStatistics(stages) as grid_stats:
-            for _ in grid_stats.passes():
-                for r0, r1, m0, m1 in bands:
-                    grid_stats.rows = (r0 - m0, r1 - m0)
-                    try:
-                        y = decode(m0, m1)
-                    except _StopBand:
-                        continue
-                    if grid_stats.final:
-                        out[:, :, r0:r1] = torch.sigmoid(y[:, :, r0 - m0 : r1 - m0])
+        grid_stats = _GridStatistics(stages)
+
+        def decode(m0: int, m1: int) -> torch.Tensor:
+            if x_in is not None:
+                x = _upsample_rows(up1, x_in, out_size, m0, m1, grid_stats)
+            else:
+                x = concat_channels([resize_rows(f1, out_size, m0, m1),
+                                     _upsample_rows(self.up2, m23, out_size, m0, m1, grid_stats),
+                                     resize_rows(uncertainty, out_size, m0, m1)])
+                x = _run_stage(self.prop1, x, grid_stats)
+            return _run_stage(self.output_block, x, grid_stats)
+
+        for _ in grid_stats.passes():
+            for r0, r1, m0, m1 in bands:
+                grid_stats.rows = (r0 - m0, r1 - m0)
+                try:
+                    y = decode(m0, m1)
+                except _StopBand:
+                    continue
+                if grid_stats.final:
+                    out[:, :, r0:r1] = torch.sigmoid(y[:, :, r0 - m0 : r1 - m0])
         return out
 
     @torch.jit.ignore

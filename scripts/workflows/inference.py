@@ -12,6 +12,10 @@ around the pieces defined here, which no library provides:
   arguments), with the checkpoint's weights: whatever recipe trained a model, it is served as is;
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
 - :func:`check_output_dir`: refuses an output folder inside the input folder;
+- :func:`prepare_output_dir`: a new, empty or previous run's output folder (its outputs replaced);
+- :class:`RouteVolumesd`: NIfTI volumes skip the 2-D pipeline; the evaluator infers them slice by
+  slice (``scripts.workflows.volumes.infer_volume``);
+- :func:`run_inference`: the command line's run, ending in one line naming each failed file;
 - :class:`CatchFailuresd` and :func:`collate_with_failures`: a file that fails (unreadable, too
   large, wrong shape, NaN, unwritable) becomes a recorded failure instead of aborting the folder
   (``scripts.handlers.inference_summary.InferenceSummary`` reports them and sets the exit code);
@@ -24,7 +28,9 @@ around the pieces defined here, which no library provides:
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Union
@@ -79,6 +85,41 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
+#: names of the files an inference run writes in its output folder (a re-run replaces them)
+OUTPUT_PATTERNS = ("*_alpha.png", "*_alpha.nii.gz", "*_alpha.npy", "*_uncertainty.png", "*_uncertainty.nii.gz",
+                   "*_uncertainty.npy", "*_figure.png", "inference_summary.json")
+#: what MLflow tracking (``--tracking``) keeps in the output folder across runs (kept, never removed)
+TRACKING_PATTERNS = ("config_*.json", "mlruns.db", "mlruns", "mlartifacts")
+
+
+def prepare_output_dir(output_dir: Union[str, os.PathLike]) -> Path:
+    """The output folder of a run, ready: created, or emptied of a previous run's outputs.
+
+    A folder that exists must be empty or hold only what an inference run writes
+    (:data:`OUTPUT_PATTERNS`, with the previous run's ``inference_summary.json``) and MLflow's records
+    (:data:`TRACKING_PATTERNS`): the outputs are removed, so the folder never mixes two runs' maps beside a summary listing one of them. Any
+    other folder (``configs``, a data folder) is refused before anything is written.
+
+    Raises:
+        ValueError: one line naming the folder and a file that is not an inference output.
+    """
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is a file, not a folder")
+    if out.is_dir():
+        outputs = {p for pattern in OUTPUT_PATTERNS for p in out.glob(pattern) if p.is_file()}
+        tracking = {p for pattern in TRACKING_PATTERNS for p in out.glob(pattern)}
+        others = sorted(p.name for p in out.iterdir() if p not in outputs | tracking and not p.name.startswith("."))
+        if others:
+            raise ValueError(
+                f"--output_dir {out} holds files that are not inference outputs ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}): choose an empty or new folder")
+        for p in outputs:
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def check_output_dir(input_path: Union[str, os.PathLike], output_dir: Optional[Union[str, os.PathLike]]) -> None:
     """Refuse an output folder inside the input folder (a re-run would infer on its own outputs).
 
@@ -98,18 +139,23 @@ def check_output_dir(input_path: Union[str, os.PathLike], output_dir: Optional[U
 
 
 def list_input_images(
-    input_path: Optional[Union[str, os.PathLike]], output_dir: Optional[Union[str, os.PathLike]] = None
+    input_path: Optional[Union[str, os.PathLike]],
+    output_dir: Optional[Union[str, os.PathLike]] = None,
+    pattern: Optional[str] = None,
 ) -> List[Dict[str, str]]:
     """Data list ``[{"image": path, "case": name}, ...]`` of one image file or of a folder's images.
 
     A folder is read non-recursively; files whose name does not end in one of
-    :data:`IMAGE_SUFFIXES` (and hidden files) are skipped with a warning naming them. The case
+    :data:`IMAGE_SUFFIXES`, sub-folders with such a name (``dir.png/``) and images not matching
+    ``pattern`` are skipped with a warning naming them (hidden files silently). The case
     name is the file name without its extension; two images with the same case name (``a.png``
     and ``a.nii.gz``) are an error because their outputs would overwrite each other.
 
     Args:
         input_path: an image file or a folder of images.
         output_dir: where the outputs go; refused when inside the input folder (:func:`check_output_dir`).
+        pattern: a folder's images are those whose name matches this shell pattern (``"*_image.nii.gz"``
+            keeps masks stored beside the images out); ``None`` reads every image.
 
     Raises:
         ValueError: no path given, an unsupported single file, duplicate case names, an output
@@ -122,6 +168,7 @@ def list_input_images(
     """
     if _none_if_null(input_path) is None:
         raise ValueError("no input given: set the input image or folder with --input_path PATH")
+    pattern = _none_if_null(pattern)
     path = Path(input_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: {path}")
@@ -131,14 +178,20 @@ def list_input_images(
             raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(IMAGE_SUFFIXES)})")
         files = [path]
     else:
-        entries = sorted(p for p in path.iterdir())
-        files = [p for p in entries if _is_image_file(p)]
-        skipped = [p.name for p in entries if p not in files and not p.name.startswith(".") and not p.is_dir()]
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        files = [p for p in entries if _is_image_file(p) and (pattern is None or fnmatch.fnmatch(p.name, pattern))]
+        unmatched = [p.name for p in entries if p.is_file() and _is_image_file(p) and p not in files]
+        skipped = [p.name + ("/ (a folder)" if p.is_dir() else "") for p in entries
+                   if p not in files and p.name not in unmatched and (p.is_file() or p.name.lower().endswith(IMAGE_SUFFIXES))]
         if skipped:
-            warnings.warn(f"{path}: skipping {len(skipped)} file(s) that are not images: {', '.join(skipped)}")
+            warnings.warn(f"{path}: skipping {len(skipped)} entries that are not image files: {', '.join(skipped)}")
+        if unmatched:
+            warnings.warn(f"{path}: skipping {len(unmatched)} image(s) not matching --pattern {pattern!r}: "
+                          f"{', '.join(unmatched[:5])}{', ...' if len(unmatched) > 5 else ''}")
         if not files:
             raise FileNotFoundError(
-                f"no image found in folder {path} (file name endings read: {', '.join(IMAGE_SUFFIXES)})"
+                f"no image found in folder {path} (file name endings read: {', '.join(IMAGE_SUFFIXES)}"
+                + (f"; --pattern {pattern!r}" if pattern else "") + ")"
             )
     data, seen = [], {}
     for f in files:
@@ -358,16 +411,57 @@ class CatchFailuresd:
         try:
             return self.transform(data)
         except Exception as e:  # one bad file must not abort the others
-            return {"case": data.get("case"), CommonKeys.IMAGE: _source_file(data), FAILURE_KEY: failure_reason(e)}
+            source = _source_file(data)
+            reason = failure_reason(e)
+            if os.path.basename(source) not in reason:  # decoder errors do not say which file they read
+                reason = f"{source}: {reason}"
+            return {"case": data.get("case"), CommonKeys.IMAGE: source, FAILURE_KEY: reason}
+
+
+#: key of a data item that is a NIfTI volume, inferred slice by slice (:class:`RouteVolumesd`)
+VOLUME_KEY = "volume"
+#: batch key listing the volumes of a batch (:func:`collate_with_failures`)
+VOLUMES_KEY = "volumes"
+
+
+class RouteVolumesd:
+    """Send NIfTI volumes past the 2-D pipeline: a volume item is checked from its header and kept as a
+    path (``{"case", "image", "volume": True}``), for :func:`scripts.workflows.volumes.infer_volume`
+    to read slice by slice; every other item goes through ``transform``.
+
+    Args:
+        transform: the 2-D image pipeline (``Compose([...])``).
+        max_pixels: most pixels of a slice (``scripts.data.image_limits.check_image_header``).
+        max_voxels: most voxels of a volume, every dimension counted.
+    """
+
+    def __init__(self, transform: Any, max_pixels: Optional[int] = None, max_voxels: Optional[int] = None) -> None:
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.max_voxels = max_voxels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        from scripts.data import image_limits
+        from scripts.workflows.volumes import is_volume, volume_shape
+
+        path = data.get(CommonKeys.IMAGE)
+        if isinstance(path, (str, os.PathLike)) and is_volume(path):
+            image_limits.check_image_header(path, self.max_pixels or image_limits.MAX_IMAGE_PIXELS,
+                                            self.max_voxels or image_limits.MAX_IMAGE_VOXELS)
+            volume_shape(path)  # one 3-D volume, or a one-line refusal naming the file
+            return {"case": data.get("case"), CommonKeys.IMAGE: str(path), VOLUME_KEY: True}
+        return self.transform(data)
 
 
 def collate_with_failures(items: Sequence[Mapping[Hashable, Any]]) -> Dict[Hashable, Any]:
-    """``list_data_collate`` of the items that loaded, plus ``"failures"``: the items that did not."""
+    """``list_data_collate`` of the items that loaded, plus ``"failures"``: the items that did not, and
+    ``"volumes"``: the volumes (:class:`RouteVolumesd`), inferred slice by slice by the evaluator."""
     from monai.data import list_data_collate
 
-    good = [item for item in items if FAILURE_KEY not in item]
+    good = [item for item in items if FAILURE_KEY not in item and VOLUME_KEY not in item]
     batch: Dict[Hashable, Any] = dict(list_data_collate(good)) if good else {}
     batch[FAILURES_KEY] = [dict(item) for item in items if FAILURE_KEY in item]
+    batch[VOLUMES_KEY] = [dict(item) for item in items if VOLUME_KEY in item and FAILURE_KEY not in item]
     return batch
 
 
@@ -460,6 +554,19 @@ class MattingInferer(Inferer):
         return network.predict(x, **options)
 
 
+def run_inference(evaluator: "MattingInferenceEvaluator") -> None:
+    """``evaluator.run()`` for the command line: a run where files failed ends with the one-line
+    summary naming each failed file and exit status 1, without a traceback (every good file is
+    written; ``inference_summary.json`` has the details)."""
+    from scripts.handlers.inference_summary import InferenceFailedError
+
+    try:
+        evaluator.run()
+    except InferenceFailedError as e:
+        print(f"inference: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def run_matting_inferer(engine: SupervisedEvaluator, image: torch.Tensor) -> Mapping[str, torch.Tensor]:
     """The prediction step of both evaluators: ``engine.inferer(image, engine.network)`` in eval mode
     (CUDA autocast with ``amp``), checked to be ``predict``'s dict (``alpha``, ``uncertainty``, ...)."""
@@ -485,7 +592,16 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
 
     A batch's items that failed to load (``"failures"``, :func:`collate_with_failures`) and a batch
     whose inference raises are recorded in ``engine.state.inference_failures`` instead of stopping
-    the run; the batch then has no output.
+    the run; the batch then has no output. A batch's NIfTI volumes (``"volumes"``) are inferred slice
+    by slice (:func:`scripts.workflows.volumes.infer_volume`) into ``<volume_output_dir>/<case>_alpha.nii.gz``
+    and ``<case>_uncertainty.nii.gz`` and recorded in ``engine.state.inference_volumes``.
+
+    Args (besides ``SupervisedEvaluator``'s):
+        volume_output_dir: folder of the volumes' maps (``None``: volumes are recorded as failures).
+        volume_axis: slicing axis of volumes (0, 1, 2 of X, Y, Z; default 2).
+        slice_batch_pixels: most pixels of the slices run through the network at once.
+        intensity_range: ``None`` (the bundle's rule) or ``[low, high]`` for volumes.
+        progress: show a progress bar of each volume's slices.
 
     Example::
 
@@ -494,18 +610,63 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
         evaluator.run()
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        volume_output_dir: Optional[Union[str, os.PathLike]] = None,
+        volume_axis: int = 2,
+        slice_batch_pixels: Optional[int] = None,
+        intensity_range: Optional[Sequence[float]] = None,
+        progress: Union[bool, str] = False,
+        **kwargs: Any,
+    ) -> None:
+        from scripts.workflows.volumes import DEFAULT_SLICE_BATCH_PIXELS
+
         if kwargs.get("inferer") is None:
             kwargs["inferer"] = MattingInferer()
         super().__init__(*args, **kwargs)
+        self.volume_output_dir = _none_if_null(volume_output_dir)
+        self.volume_axis = int(volume_axis)
+        self.slice_batch_pixels = int(_none_if_null(slice_batch_pixels) or DEFAULT_SLICE_BATCH_PIXELS)
+        self.intensity_range = _none_if_null(intensity_range)
+        self.progress = str(progress).strip().lower() in ("true", "1", "yes", "on")
+
+    def infer_volumes(self, volumes: Sequence[Mapping[Hashable, Any]], failures: List[Dict[str, Any]]) -> None:
+        """Each volume slice by slice into the output folder; a volume that fails is recorded, not raised."""
+        import copy
+
+        from scripts.workflows.volumes import infer_volume
+
+        self.state.inference_volumes = []
+        for item in volumes:
+            path, case = str(item[CommonKeys.IMAGE]), str(item.get("case"))
+            try:
+                if self.volume_output_dir is None:
+                    raise ValueError("volumes need an output folder (volume_output_dir)")
+                inferer = copy.copy(self.inferer)
+                if getattr(inferer, "output_size", None) is not None:  # a volume keeps its own geometry
+                    inferer.output_size = None
+                out = Path(self.volume_output_dir)
+                with self.mode(self.network):
+                    infer_volume(path, self.network, inferer,
+                                 {"alpha": out / f"{case}_alpha.nii.gz", "uncertainty": out / f"{case}_uncertainty.nii.gz"},
+                                 axis=self.volume_axis, channels=int(getattr(self.network, "in_channels", 1)),
+                                 intensity_range=self.intensity_range, slice_batch_pixels=self.slice_batch_pixels,
+                                 device=self.state.device, progress=self.progress)
+                self.state.inference_volumes.append({"case": case, CommonKeys.IMAGE: path})
+            except (ValueError, RuntimeError, TypeError, MemoryError, OSError) as e:
+                failures.append({"case": case, CommonKeys.IMAGE: path, FAILURE_KEY: failure_reason(e)})
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: Dict[str, Any]) -> Dict[str, Any]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         failures: List[Dict[str, Any]] = []
+        volumes: List[Dict[str, Any]] = []
         if isinstance(batchdata, dict):
             failures = list(batchdata.pop(FAILURES_KEY, []))
+            volumes = list(batchdata.pop(VOLUMES_KEY, []))
         engine.state.inference_failures = failures  # read by InferenceSummary at ITERATION_COMPLETED
+        engine.infer_volumes(volumes, failures)
         engine.state.output = []
         if isinstance(batchdata, Mapping) and CommonKeys.IMAGE not in batchdata:
             return engine.state.output  # every item of the batch failed to load

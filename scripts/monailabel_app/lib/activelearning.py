@@ -53,6 +53,23 @@ def _check_keys(request: Mapping[str, Any], allowed: set, what: str) -> None:
         raise InvalidRequestError(f"{what}: unknown option(s) {unknown}; it takes {sorted(allowed)}")
 
 
+def _volume_map_scores(result_file: str, threshold: float) -> Dict[str, float]:
+    """``{"mean", "area"}`` of a volume's uncertainty map, which the infer task streamed to the NIfTI
+    ``result_file``: read back one slice at a time (bounded memory), then the file is removed."""
+    import nibabel as nib
+
+    try:
+        volume = nib.load(result_file).dataobj
+        total = above = count = 0.0
+        for k in range(volume.shape[-1]):
+            plane = np.asarray(volume[..., k], dtype=np.float64)
+            total, above, count = total + float(plane.sum()), above + float((plane > threshold).sum()), count + plane.size
+    finally:
+        if os.path.exists(result_file):
+            os.remove(result_file)
+    return {"mean": total / max(count, 1.0), "area": above / max(count, 1.0)}
+
+
 class UncertaintyScoring(ScoringMethod):
     """Store the uncertainty of every unlabeled study, as the served model sees it.
 
@@ -79,8 +96,10 @@ class UncertaintyScoring(ScoringMethod):
         data: Dict[str, Any] = {"image": path, "image_path": path, "map_type": "uncertainty"}
         data = task.run_pre_transforms(data, task.pre_transforms(data))
         data = task.run_inferer(data, device=device)
-        uncertainty = np.asarray(data["pred"], dtype=np.float64)
-        return {"mean": float(uncertainty.mean()), "area": float((uncertainty > threshold).mean())}
+        if "pred" in data:
+            uncertainty = np.asarray(data["pred"], dtype=np.float64)
+            return {"mean": float(uncertainty.mean()), "area": float((uncertainty > threshold).mean())}
+        return _volume_map_scores(data["result_file"], threshold)
 
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
         """Score the unlabeled studies; one that cannot be read is reported and keeps no score.

@@ -97,3 +97,9 @@ class ServerBusyError(MattingAppError):
     """Too many inference requests are already waiting; the client should retry later."""
 
     status_code = 503
+
+
+class FinalLabelExistsError(MattingAppError):
+    """Saving a prediction would replace a human final label, and the request did not ask for it."""
+
+    status_code = 409

@@ -12,7 +12,8 @@ Results are written in the input's format with the input's geometry:
   in [0, 1], or uint8 {0, 1} for the ``mask`` output).
 
 Intensities follow the bundle's one rule (``scripts.data.transforms.scale_intensity_to_unit``):
-by the file's type (8-bit: ``x / 255`` as in training; 16-bit: ``x / 65535``; float images outside
+by the file's stored type (8-bit: ``x / 255`` as in training; 16-bit PNG / TIFF: ``x / 65535``, though
+MONAI's reader returns them as int32; float images outside
 [0, 1] by their minimum and maximum) or the inference config's explicit ``intensity_range``; the
 answer says which.
 
@@ -80,22 +81,14 @@ def to_unit_range(array: np.ndarray, intensity_range: Optional[Sequence[float]] 
 
 
 def match_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
-    """Give a channel-first image (C, ...) the network's channel count.
+    """The bundle's one colour rule (``scripts.data.transforms.match_channels``: RGB(A) -> grey luma,
+    grey -> RGB), with refusals as :class:`UnsupportedStudyImageError`."""
+    from scripts.data.transforms import match_channels as bundle_match_channels
 
-    Grey -> RGB repeats the channel; RGB(A) -> grey uses the ITU-R 601 luma weights (as PIL's "L").
-
-    Raises:
-        UnsupportedStudyImageError: any other channel combination.
-    """
-    c = image.shape[0]
-    if c == channels:
-        return image
-    if channels == 1 and c in (3, 4):
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, *([1] * (image.ndim - 1)))
-        return (image[:3] * weights).sum(0, keepdims=True)
-    if channels == 3 and c == 1:
-        return np.repeat(image, 3, axis=0)
-    raise UnsupportedStudyImageError(f"{name}: has {c} channels, the network expects {channels}")
+    try:
+        return bundle_match_channels(image, channels, name)
+    except ValueError as e:
+        raise UnsupportedStudyImageError(str(e)) from e
 
 
 def write_result(image_path: str, values: np.ndarray, kind: str = "alpha") -> str:
@@ -107,7 +100,7 @@ def write_result(image_path: str, values: np.ndarray, kind: str = "alpha") -> st
     from scripts.handlers.prediction_writer import save_map
 
     suffix = ".nii.gz" if image_format(image_path) == "nifti" else ".png"
-    fd, path = tempfile.mkstemp(suffix=suffix)
+    fd, path = tempfile.mkstemp(prefix="medical_matting_result_", suffix=suffix)
     os.close(fd)
     save_map(values, path, kind=kind, reference=image_path if suffix == ".nii.gz" else None)
     return path

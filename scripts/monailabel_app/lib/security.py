@@ -74,6 +74,9 @@ __all__ = [
     "check_image_file",
     "InferenceSlots",
     "configure_slots",
+    "is_large_work",
+    "redact_paths",
+    "http_error",
     "is_within",
     "check_studies_location",
     "bind_host",
@@ -195,16 +198,35 @@ def check_studies_location(studies: str, bundle_root: Union[str, os.PathLike]) -
 
 
 def bind_host(argv: Iterable[str]) -> Optional[str]:
-    """The address ``monailabel start_server`` binds (its ``-i/--host``, default 0.0.0.0); None elsewhere."""
-    argv = list(argv)
+    """The address ``monailabel start_server`` binds, read by MONAI Label's own argument parser.
+
+    Every spelling argparse accepts (``-i ADDR``, ``-iADDR``, ``--host=ADDR``, abbreviations such as
+    ``--ho`` / ``--hos=``, repeated options: the last wins) gives what the server will use, so the
+    check cannot read another value than the bind. ``None`` when the process is not
+    ``start_server`` (e.g. a training subprocess).
+
+    Raises:
+        RuntimeError: the arguments cannot be parsed as ``start_server``'s (the bind address is unknown).
+    """
+    argv = [str(a) for a in argv]
     if "start_server" not in argv:
         return None
-    host = "0.0.0.0"
-    for i, arg in enumerate(argv):
-        if arg in ("-i", "--host") and i + 1 < len(argv):
-            host = argv[i + 1]
-        elif arg.startswith("--host="):
-            host = arg.split("=", 1)[1]
+    import contextlib as _contextlib
+    import io
+
+    from monailabel.main import Main
+
+    parser = Main().args_parser()
+    err = io.StringIO()
+    try:
+        with _contextlib.redirect_stderr(err):
+            args, _ = parser.parse_known_args(argv[1:])
+    except SystemExit:
+        raise RuntimeError(f"the start_server arguments cannot be parsed, so the bind address is unknown: "
+                           f"{err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else argv[1:]}") from None
+    host = getattr(args, "host", None)
+    if getattr(args, "action", None) != "start_server" or not isinstance(host, str):
+        raise RuntimeError("the start_server arguments do not say which address the server binds")
     return host
 
 
@@ -420,18 +442,20 @@ class SecureLocalDatastore(LocalDatastore):
     # ------------------------------------------------------------ writes
     @_http
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
-        check_name(image_id, "image id")
-        upload_suffix(image_filename, "image upload")
-        check_image_file(image_filename, "image upload")
+        with _removed_when_refused(image_filename):
+            check_name(image_id, "image id")
+            upload_suffix(image_filename, "image upload")
+            check_image_file(image_filename, "image upload")
         return super().add_image(image_id, image_filename, dict(image_info or {}))
 
     @_http
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        check_name(label_tag, "label tag")
-        if not self._known(image_id):
-            raise unknown_image(image_id)
-        upload_suffix(label_filename, "label upload")
-        check_image_file(label_filename, "label upload")
+        with _removed_when_refused(label_filename):
+            check_name(label_tag, "label tag")
+            if not self._known(image_id):
+                raise unknown_image(image_id)
+            upload_suffix(label_filename, "label upload")
+            check_image_file(label_filename, "label upload")
         return super().save_label(image_id, label_filename, label_tag, dict(label_info or {}))
 
     @_http
@@ -457,6 +481,19 @@ class SecureLocalDatastore(LocalDatastore):
         if not self.get_label_uri(label_id, label_tag):
             raise StudyImageNotFoundError(f"no label {_shown(label_tag)} for image {_shown(label_id)}")
         return super().update_label_info(label_id, label_tag, dict(info))
+
+
+@contextlib.contextmanager
+def _removed_when_refused(upload: str):
+    """Remove the uploaded temporary file when the block refuses it: MONAI Label's endpoint removes it
+    in a background task, which FastAPI runs only after a successful answer."""
+    try:
+        yield
+    except MattingAppError:
+        with contextlib.suppress(OSError):
+            if os.path.isfile(upload):
+                os.remove(upload)
+        raise
 
 
 class SecureSessions(Sessions):
@@ -496,6 +533,38 @@ def trusted_inputs() -> FrozenSet[str]:
     return _TRUSTED.get()
 
 
+#: deepest nesting of a request's JSON options (the app's options are flat; Python's parser recurses)
+MAX_JSON_DEPTH = 32
+
+
+def _nesting_depth(text: Union[str, bytes]) -> int:
+    """Deepest bracket nesting of a JSON text, counted outside strings, without parsing it."""
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
 def parse_json_object(text: Any, what: str) -> Dict[str, Any]:
     """A request's JSON form field as a dict; :class:`InvalidRequestError` (400) otherwise. NaN/inf refused."""
     if text is None or text == "":
@@ -506,10 +575,12 @@ def parse_json_object(text: Any, what: str) -> Dict[str, Any]:
     def _no_constant(name):
         raise ValueError(f"{name} is not allowed")
 
+    if isinstance(text, (str, bytes)) and _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidRequestError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, parse_constant=_no_constant)
-    except (TypeError, ValueError) as e:
-        raise InvalidRequestError(f"{what} must be a JSON object: {e}") from e
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidRequestError(f"{what} must be a JSON object: {_first_line(e)}") from e
     if not isinstance(value, dict):
         raise InvalidRequestError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -528,11 +599,30 @@ def finite_float(value: Any, what: str, low: float = -math.inf, high: float = ma
     return number
 
 
-def _http_error(e: MattingAppError):
+#: an absolute path in a message (POSIX or Windows): answers never name the server's files
+_ABSOLUTE_PATH = re.compile(r"""(?<![^\s'"(\[=])(?:[A-Za-z]:\\|/)(?:[^\s'",;:()\[\]/\\]+[/\\])+[^\s'",;:()\[\]]+""")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute path replaced by its file name (no server folder in an answer).
+
+    Example:
+        >>> redact_paths("cannot read /tmp/medical_matting_upload_x1.png: truncated")
+        'cannot read medical_matting_upload_x1.png: truncated'
+    """
+    return _ABSOLUTE_PATH.sub(lambda m: re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1] or "<path>", str(text))
+
+
+def http_error(e: MattingAppError):
+    """The HTTP answer to a refusal: its status and the one-line reason (messages name no server file:
+    the app's own say ``image`` / ``upload``, decoder messages go through :func:`redact_paths`)."""
     from fastapi import HTTPException
 
     logger.warning(f"request refused ({e.status_code}): {e}")
     return HTTPException(status_code=e.status_code, detail=str(e))
+
+
+_http_error = http_error
 
 
 def _wrap(module, name: str, check: Callable[[Dict[str, Any]], None]) -> None:
@@ -621,9 +711,9 @@ def install_request_guards(app_instance: Callable[[], Any]) -> None:
 
 class InferenceSlots:
     """Bounded concurrent inferences: at most ``workers`` at once, of which at most ``large_workers``
-    on images larger than the internal grid, so a large image never takes every slot from small
-    ones; more than ``max_waiting`` waiting requests are refused with 503 (their threads would
-    otherwise fill the server's thread pool).
+    on large work (more pixels x slices than the internal grid holds: a large image or any volume),
+    so large work never takes every slot from small images; more than ``max_waiting`` waiting
+    requests are refused with 503 (their threads would otherwise fill the server's thread pool).
 
     Example::
 
@@ -678,16 +768,15 @@ def configure_slots(workers: int) -> None:
 
 
 def _run_inference_in_threads() -> None:
-    """Serve ``POST /infer/{model}`` from the thread pool instead of the event loop.
+    """Serve ``POST /infer/{model}`` and ``POST /batch/infer/{model}`` from the thread pool, not the event loop.
 
-    MONAI Label 0.8.5 declares the route ``async`` and runs the whole inference inside it, which
-    blocks the event loop: while one image is processed no other request (not even ``/info/``) is
-    answered. The route is replaced by a plain function with the same parameters, which FastAPI
-    runs in its thread pool; :data:`SLOTS` bounds how many run at once.
+    MONAI Label 0.8.5 declares both routes ``async`` and runs the whole inference inside them
+    (``/batch/infer?run_sync=true`` too), which blocks the event loop: while one image is processed
+    no other request (not even ``/info/``) is answered. Each route is replaced by a plain function
+    with the same parameters (and dependencies), which FastAPI runs in its thread pool; :data:`SLOTS`
+    bounds how many inferences run at once.
     """
-    import sys
-
-    from fastapi.routing import APIRoute
+    from monailabel.endpoints import batch_infer as batch_ep
     from monailabel.endpoints import infer as infer_ep
 
     def api_run_inference(**kw):
@@ -695,17 +784,30 @@ def _run_inference_in_threads() -> None:
                                       kw.get("session_id", ""), kw.get("params", "{}"), kw.get("file"),
                                       kw.get("label"), kw.get("output"))
 
+    def api_run_batch(**kw):
+        return batch_ep.run(kw["model"], kw.get("images"), kw.get("params"), kw.get("run_sync"))
+
+    _replace_route(infer_ep.router, "/infer/{model}", api_run_inference)
+    _replace_route(batch_ep.router, "/batch/infer/{model}", api_run_batch)
+
+
+def _replace_route(module_router, path: str, call: Callable[..., Any]) -> None:
+    """Replace the ``POST`` route ending in ``path`` by the plain function ``call`` with its signature."""
+    import sys
+
+    from fastapi.routing import APIRoute
+
     # the endpoint module's router (FastAPI >= 0.120 serves included routers from it) and, when the
     # server runs, the application's router (older FastAPI copies the routes into it)
     ml_app = sys.modules.get("monailabel.app")
-    routers = [infer_ep.router] + ([ml_app.app.router] if ml_app is not None else [])
+    routers = [module_router] + ([ml_app.app.router] if ml_app is not None else [])
     for router in routers:
         for i, route in enumerate(router.routes):
-            if not (isinstance(route, APIRoute) and route.path.endswith("/infer/{model}") and "POST" in route.methods):
+            if not (isinstance(route, APIRoute) and route.path.endswith(path) and "POST" in route.methods):
                 continue
             if getattr(route.endpoint, "__medical_matting_guard__", False):
                 continue
-            endpoint = functools.partial(api_run_inference)  # a fresh callable per route, same parameters
+            endpoint = functools.partial(call)  # a fresh callable per route, same parameters
             endpoint.__signature__ = inspect.signature(route.endpoint)
             endpoint.__doc__ = route.endpoint.__doc__
             endpoint.__medical_matting_guard__ = True
@@ -717,42 +819,55 @@ def _run_inference_in_threads() -> None:
 
 
 def _guarded_inference(original, app, background_tasks, model, image, session_id, params, file, label, output):
-    from monailabel.utils.others.generic import remove_file
+    """Check an infer request, resolve its input, and run MONAI Label's inference in a slot.
 
+    An uploaded image is copied to a private temporary file that is removed on every path (answered,
+    refused, failed, client gone): removal does not wait for a background task, which FastAPI runs
+    only after a successful answer.
+    """
     options = app.check_infer_params(model, parse_json_object(params, "params"))
     if label is not None:
         raise InvalidRequestError("medical_matting takes no label input")
     trusted = set()
-    if file is not None:
-        suffix = upload_suffix(file.filename, "infer upload")
-        fd, path = tempfile.mkstemp(prefix="medical_matting_upload_", suffix=suffix)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(file.file, out)
-        background_tasks.add_task(remove_file, path)
-        check_image_file(path, "infer upload")
-        image, session_id = path, ""
-        trusted.add(path)
-        source = path
-    elif session_id:
-        sessions = app.sessions()
-        session = sessions.get_session(session_id) if sessions is not None else None
-        if session is None:
-            raise StudyImageNotFoundError(f"session {_shown(session_id)} not found")
-        if not os.path.isfile(session.image):
-            raise UnsupportedStudyImageError("the session holds no single image file")
-        upload_suffix(session.image, "session image")
-        trusted.add(session.image)
-        source = session.image
-    else:
-        source = app.datastore().get_image_uri(image)
-        if not source:
-            raise unknown_image(image)
-    settings = app.model_settings(model)
-    header = check_study_image(source, settings.get("max_image_pixels"), "image")
-    internal = int(settings.get("max_internal_size") or 0)
-    token = _TRUSTED.set(frozenset(trusted))
+    upload: Optional[str] = None
     try:
-        with SLOTS.slot(large=internal > 0 and header.slice_pixels > internal * internal):
-            return original(background_tasks, model, image, session_id, json.dumps(options), None, None, output)
+        if file is not None:
+            suffix = upload_suffix(file.filename, "infer upload")
+            fd, upload = tempfile.mkstemp(prefix="medical_matting_upload_", suffix=suffix)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(file.file, out)
+            check_image_file(upload, "infer upload")
+            image, session_id, source = upload, "", upload
+            trusted.add(upload)
+        elif session_id:
+            sessions = app.sessions()
+            session = sessions.get_session(session_id) if sessions is not None else None
+            if session is None:
+                raise StudyImageNotFoundError(f"session {_shown(session_id)} not found")
+            if not os.path.isfile(session.image):
+                raise UnsupportedStudyImageError("the session holds no single image file")
+            upload_suffix(session.image, "session image")
+            trusted.add(session.image)
+            source = session.image
+        else:
+            source = app.datastore().get_image_uri(image)
+            if not source:
+                raise unknown_image(image)
+        settings = app.model_settings(model)
+        header = check_study_image(source, settings.get("max_image_pixels"), "image")
+        token = _TRUSTED.set(frozenset(trusted))
+        try:
+            with SLOTS.slot(large=is_large_work(header, settings)):
+                return original(background_tasks, model, image, session_id, json.dumps(options), None, None, output)
+        finally:
+            _TRUSTED.reset(token)
     finally:
-        _TRUSTED.reset(token)
+        if upload is not None:
+            with contextlib.suppress(OSError):
+                os.remove(upload)
+
+
+def is_large_work(header, settings: Mapping[str, Any]) -> bool:
+    """Whether an image is large work for :data:`SLOTS`: more pixels x slices than the internal grid."""
+    internal = int(settings.get("max_internal_size") or 0)
+    return internal > 0 and header.slice_pixels * header.slices > internal * internal

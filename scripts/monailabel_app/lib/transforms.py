@@ -20,6 +20,8 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from scripts.data.transforms import stored_array
+
 from .errors import UnsupportedStudyImageError
 from .imaging import match_channels, to_unit_range
 
@@ -52,7 +54,7 @@ class PrepareMattingInputd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = np.asarray(d[key].detach().cpu() if hasattr(d[key], "detach") else d[key])
+            image = stored_array(d[key], str(d.get("image_path", key)))  # 16-bit PNG / TIFF: uint16, not int32
             if image.ndim not in (3, 4):
                 raise UnsupportedStudyImageError(
                     f"{d.get('image_path', key)}: expected a 2-D image or a 3-D volume, got array {image.shape} "

@@ -1,8 +1,10 @@
 """MONAI Label inference task ``medical_matting``: alpha matte (and uncertainty map) of a study image.
 
-A ``BasicInferTask`` whose pre-transforms load the study image (see ``lib.imaging``), whose
-inferer calls the bundle network's ``predict`` (2-D images directly, NIfTI volumes slice by slice
-along the last axis), and whose writer saves the requested map with the input's geometry:
+A ``BasicInferTask`` whose pre-transforms load a 2-D study image (see ``lib.imaging``), whose
+inferer calls the bundle network's ``predict``, and whose writer saves the requested map with the
+input's geometry. A NIfTI volume is not loaded: ``scripts.workflows.volumes.infer_volume`` (the
+CLI's) reads it slice by slice along the last axis and streams the map to NIfTI, so memory does
+not grow with the depth. The network is shared by concurrent requests and nothing is changed on it.
 
 - request/config option ``map_type``: ``"alpha"`` (default) the alpha matte, ``"uncertainty"`` the
   Probabilistic U-Net uncertainty map, ``"mask"`` the matte thresholded at ``mask_threshold``
@@ -35,7 +37,7 @@ from scripts.workflows.inference import MattingInferer, failure_reason
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError, MattingAppError, UnsupportedStudyImageError
 from ..imaging import image_reader, write_result
-from ..security import check_study_image, finite_float
+from ..security import check_study_image, finite_float, redact_paths
 from ..transforms import PrepareMattingInputd
 
 __all__ = ["MattingInferTask", "MAP_TYPES", "CLIENT_KEYS"]
@@ -63,7 +65,7 @@ class MattingInferTask(BasicInferTask):
     Args:
         model: the bundle network and its weights.
         description: task description shown by MONAI Label clients (the weights status is appended).
-        slices_per_batch: NIfTI slices run through the network at once.
+        slice_batch_pixels: most pixels of the volume slices run through the network at once.
         mask_threshold: default threshold of the ``mask`` output.
     """
 
@@ -72,7 +74,7 @@ class MattingInferTask(BasicInferTask):
         model: BundleModel,
         description: str = "Alpha matte (soft segmentation) with a region-aware implicit matting network; "
         "option map_type=uncertainty returns the Probabilistic U-Net uncertainty map",
-        slices_per_batch: int = 8,
+        slice_batch_pixels: Optional[int] = None,
         mask_threshold: float = 0.5,
     ) -> None:
         super().__init__(
@@ -85,7 +87,9 @@ class MattingInferTask(BasicInferTask):
             config={"map_type": list(MAP_TYPES), "mask_threshold": float(mask_threshold)},
         )
         self.model = model
-        self.slices_per_batch = int(slices_per_batch)
+        from scripts.workflows.volumes import DEFAULT_SLICE_BATCH_PIXELS
+
+        self.slice_batch_pixels = int(slice_batch_pixels or DEFAULT_SLICE_BATCH_PIXELS)
         self.base_description = description
 
     # ------------------------------------------------------------------ MONAI Label interface
@@ -114,9 +118,18 @@ class MattingInferTask(BasicInferTask):
     def run_pre_transforms(self, data: Dict[str, Any], transforms):
         """Check the image's header (size limit) before any reader decodes it; a file that cannot be
         loaded is a 415 naming the reason, never a server error."""
+        from scripts.workflows.volumes import is_volume, volume_shape
+
         path = data.get("image_path", data.get("image"))
         if isinstance(path, str):
             check_study_image(path, self.model.settings()["max_image_pixels"])
+            if is_volume(path):  # read slice by slice in run_inferer, never loaded whole
+                try:
+                    volume_shape(path)
+                except ValueError as e:
+                    raise UnsupportedStudyImageError(str(e).replace(path, "image")) from None
+                data["volume"] = True
+                return data
         try:
             return super().run_pre_transforms(data, transforms)
         except MattingAppError:
@@ -127,7 +140,7 @@ class MattingInferTask(BasicInferTask):
                 cause = cause.__cause__
             if isinstance(cause, MattingAppError):
                 raise cause from None
-            raise UnsupportedStudyImageError(f"the image cannot be read: {failure_reason(e)}") from e
+            raise UnsupportedStudyImageError(f"the image cannot be read: {redact_paths(failure_reason(e))}") from e
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
@@ -168,49 +181,69 @@ class MattingInferTask(BasicInferTask):
 
     # ------------------------------------------------------------------ inference
     def _predict(self, network: torch.nn.Module, image: np.ndarray, device: str) -> Tuple[np.ndarray, np.ndarray]:
-        """``image`` (C, H, W) or (C, H, W, D) -> alpha and uncertainty (H, W) or (H, W, D)."""
-        c, h, w = image.shape[:3]
-        depth = int(np.prod(image.shape[3:])) if image.ndim > 3 else 1
-        slices = torch.from_numpy(image.reshape(c, h, w, depth)).permute(3, 0, 1, 2)  # (D, C, H, W)
-        alphas, uncertainties = [], []
-        # the inferer of evaluation and CLI inference: bounded internal grid, maps decoded at full size
+        """``image`` (C, H, W) (or (C, H, W, 1), a one-slice NIfTI) -> alpha and uncertainty with the image's
+        spatial shape, through the inferer of evaluation and CLI inference (bounded internal grid, maps
+        decoded at full size)."""
         inferer = MattingInferer(max_internal_size=self.model.settings()["max_internal_size"])
+        plane = np.ascontiguousarray(image.reshape(image.shape[:3]))
         with torch.no_grad():
-            for start in range(0, depth, self.slices_per_batch):
-                batch = slices[start : start + self.slices_per_batch].contiguous().to(device)
-                out = inferer(batch, network)
-                alphas.append(out["alpha"][:, 0].float().cpu())
-                uncertainties.append(out["uncertainty"][:, 0].float().cpu())
-        alpha = torch.cat(alphas).permute(1, 2, 0).numpy()  # (H, W, D)
-        uncertainty = torch.cat(uncertainties).permute(1, 2, 0).numpy()
+            out = inferer(torch.from_numpy(plane)[None].to(device), network)
         shape = image.shape[1:]
-        return alpha.reshape(shape), uncertainty.reshape(shape)
+        return (out["alpha"][0, 0].float().cpu().numpy().reshape(shape),
+                out["uncertainty"][0, 0].float().cpu().numpy().reshape(shape))
+
+    def _infer_volume(self, data: Dict[str, Any], output: str, threshold: float, device: str) -> Dict[str, Any]:
+        """The requested map of a NIfTI volume, slice by slice, into a new temporary ``.nii.gz`` (``data["result_file"]``)."""
+        import os
+        import tempfile
+
+        from scripts.workflows.volumes import infer_volume
+
+        settings = self.model.settings()
+        network, trained = self.model.network(device)
+        fd, path = tempfile.mkstemp(prefix="medical_matting_result_", suffix=".nii.gz")
+        os.close(fd)
+        try:
+            stats = infer_volume(data["image_path"], network, MattingInferer(max_internal_size=settings["max_internal_size"]),
+                                 {output: path}, channels=settings["in_channels"],
+                                 intensity_range=settings["intensity_range"], slice_batch_pixels=self.slice_batch_pixels,
+                                 mask_threshold=threshold, device=device)
+        except ValueError as e:
+            os.remove(path)
+            raise UnsupportedStudyImageError(str(e).replace(str(data["image_path"]), "image")) from None
+        except BaseException:
+            os.remove(path)
+            raise
+        data["result_file"] = path
+        return {"trained": trained, "image_scaling": stats["image_scaling"], "shape": stats["shape"],
+                "alpha": stats["alpha"], "uncertainty": stats["uncertainty"], "slices": stats["slices"]}
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):
         output = self._map_type(data.get("map_type"))
         threshold = self._threshold(data.get("mask_threshold"))
 
-        network, trained = self.model.network(device)
-        alpha, uncertainty = self._predict(network, data["image"], device)
-        status = self.model.status()
-        if output == "alpha":
-            data["pred"] = alpha
-        elif output == "uncertainty":
-            data["pred"] = uncertainty
-        else:
-            data["pred"] = (alpha >= threshold).astype(np.uint8)
         data["map_type"] = output
-
-        result = {
-            "map_type": output,
-            "trained": trained,
-            "weights": status["weights_path"],
-            "message": status["message"],
-            "image_scaling": data.get("image_scaling"),
-            "shape": list(alpha.shape),
-            "alpha": {"mean": float(alpha.mean()), "min": float(alpha.min()), "max": float(alpha.max())},
-            "uncertainty": {"mean": float(uncertainty.mean()), "max": float(uncertainty.max())},
-        }
+        status = self.model.status()
+        if data.get("volume"):
+            computed = self._infer_volume(data, output, threshold, device)
+        else:
+            network, trained = self.model.network(device)
+            alpha, uncertainty = self._predict(network, data["image"], device)
+            if output == "alpha":
+                data["pred"] = alpha
+            elif output == "uncertainty":
+                data["pred"] = uncertainty
+            else:
+                data["pred"] = (alpha >= threshold).astype(np.uint8)
+            computed = {
+                "trained": trained,
+                "image_scaling": data.get("image_scaling"),
+                "shape": list(alpha.shape),
+                "alpha": {"mean": float(alpha.mean()), "min": float(alpha.min()), "max": float(alpha.max())},
+                "uncertainty": {"mean": float(uncertainty.mean()), "max": float(uncertainty.max())},
+            }
+        trained = computed["trained"]
+        result = {"map_type": output, "weights": status["weights_path"], "message": status["message"], **computed}
         if output == "mask":
             result["mask_threshold"] = threshold
         if not trained:
@@ -220,7 +253,7 @@ class MattingInferTask(BasicInferTask):
         return data
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Optional[str], Dict[str, Any]]:
-        path = write_result(data["image_path"], data["pred"], kind=data["map_type"])
+        path = data.get("result_file") or write_result(data["image_path"], data["pred"], kind=data["map_type"])
         result = dict(data["result"])
         result["file_format"] = (
             "NIfTI, input geometry, " + ("uint8 {0, 1}" if data["map_type"] == "mask" else "float32 0..1")
