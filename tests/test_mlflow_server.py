@@ -130,6 +130,7 @@ def _check_logged_model(client, url: str, experiment_id: str, run_id: str, weigh
     import numpy as np
     import torch
 
+    from scripts.handlers.mlflow_run import fluent_tracking_uri
     from scripts.networks import MedicalMattingNet
 
     (model,) = client.search_logged_models(experiment_ids=[experiment_id])
@@ -138,13 +139,9 @@ def _check_logged_model(client, url: str, experiment_id: str, run_id: str, weigh
     network = MedicalMattingNet(**MedicalMattingNet.checkpoint_config(state))
     network.load_state_dict(state)
     network.eval()
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(url)
-    try:
+    with fluent_tracking_uri(url):
         loaded = mlflow.pytorch.load_model(f"models:/{model.model_id}")
         pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    finally:
-        mlflow.set_tracking_uri(previous)
     assert isinstance(loaded, torch.jit.ScriptModule)  # no bundle code needed to run it
     assert pyfunc.metadata.metadata["network_args"] == MedicalMattingNet.checkpoint_config(state)
     for h, w in [(40, 24), (72, 56)]:

@@ -32,17 +32,18 @@ Example (a tracking settings file, ``configs.trainer``)::
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 
-__all__ = ["FoldMLFlowHandler", "executed_config_path", "flatten_params", "log_network_model"]
+__all__ = ["FoldMLFlowHandler", "executed_config_path", "flatten_params", "fluent_tracking_uri", "log_network_model"]
 
 RUN_KEY_TAG = "run_key"
 #: name of the logged model within its run (``runs:/<run_id>/model``)
@@ -83,6 +84,27 @@ def executed_config_path(save_execute_config: Any, output_dir: str | os.PathLike
     return newest[-1:]
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.start_run``, ``mlflow.pytorch.log_model`` / ``load_model``) pointed at
+    ``uri`` for the block; afterwards the process's tracking URI and ``MLFLOW_TRACKING_URI`` are as they were
+    (``mlflow.set_tracking_uri`` exports that variable, and MONAI's ``MLFlowHandler`` prefers it over its own
+    ``tracking_uri``, so a leaked value would send later runs to another store)."""
+    import mlflow
+
+    explicit = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(explicit)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
 def log_network_model(client: Any, run_id: str, model_path: str | os.PathLike, name: str = MODEL_NAME) -> str:
     """Log the ``MedicalMattingNet`` of a trained ``model.pt`` as an MLflow model of run ``run_id``.
 
@@ -121,25 +143,12 @@ def log_network_model(client: Any, run_id: str, model_path: str | os.PathLike, n
     channels = int(args.get("in_channels", 1))
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]))
-    # MLflow logs models through its fluent API: point it at this run's store for the call, then
-    # restore the process's tracking URI and MLFLOW_TRACKING_URI (set_tracking_uri exports it, and
-    # MONAI's MLFlowHandler prefers that variable over its own tracking_uri)
-    explicit = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    environment = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                scripted, name=name, serialization_format="pickle",  # a TorchScript archive: torch.jit.load reads it
-                signature=signature, metadata={"network_args": args, "weights": path},
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
-    finally:
-        mlflow.set_tracking_uri(explicit)
-        if environment is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = environment
+    with fluent_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            scripted, name=name, serialization_format="pickle",  # a TorchScript archive: torch.jit.load reads it
+            signature=signature, metadata={"network_args": args, "weights": path},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
     return info.model_uri
 
 
