@@ -1,0 +1,182 @@
+"""The bundle served by MONAI Label's generic ``BundleInferTask`` (configs/monailabel_inference.yaml).
+
+MONAI Label's own class runs the shipped ``models/model.pt`` on one PNG; the label it writes is compared
+with the alpha matte of the bundle's own prediction path (``load_trained_network`` + ``MattingInferer``).
+
+``monailabel.tasks.infer.bundle`` imports ``monailabel.transform.post``, which imports scikit-image,
+shapely and torchvision at module level; the pinned CPU environment has none of them (torchvision would
+replace the CPU torch, docs/monailabel.md). Where one is missing, the ``label_imports`` fixture puts an
+empty module with the imported names in its place for the duration of a test: none of them is called on
+this path (``Restored`` and ``Writer`` use numpy, MONAI and ITK only), and a call would raise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_image
+from PIL import Image
+
+from scripts import BUNDLE_ROOT
+
+#: what monailabel.transform.post imports from the packages the pinned environment leaves out
+_IMPORTED_NAMES = {
+    "skimage": [],
+    "skimage.measure": ["approximate_polygon", "find_contours"],
+    "shapely": [],
+    "shapely.geometry": ["Point", "Polygon"],
+    "torchvision": [],
+    "torchvision.utils": ["make_grid", "save_image"],
+}
+
+
+def _not_installed(name: str):
+    def call(*args, **kwargs):
+        raise ImportError(f"{name} is not installed (stand-in module of tests/test_monailabel_bundle_infer.py)")
+
+    return call
+
+
+@pytest.fixture(scope="module")
+def label_imports():
+    """MONAI Label's bundle task importable; afterwards ``sys.modules`` and ``sys.path`` as before.
+
+    ``BundleInferTask`` drops every ``scripts.*`` module and imports the bundle's again from its folder;
+    the test's own modules are put back afterwards so that later tests keep one copy of each class.
+    """
+    saved_modules = dict(sys.modules)
+    saved_path = list(sys.path)
+    missing = {n.split(".")[0] for n in _IMPORTED_NAMES if importlib.util.find_spec(n.split(".")[0]) is None}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name, attrs in _IMPORTED_NAMES.items():
+            if name.split(".")[0] not in missing:
+                continue  # installed: the real package is used
+            module = types.ModuleType(name)
+            for attr in attrs:
+                setattr(module, attr, _not_installed(f"{name}.{attr}"))
+            monkeypatch.setitem(sys.modules, name, module)
+            if "." in name:
+                setattr(sys.modules[name.rsplit(".", 1)[0]], name.rsplit(".", 1)[1], module)
+        yield
+    for name in [m for m in sys.modules if m not in saved_modules]:
+        if name.split(".")[0] in ("scripts", "monailabel") or name in _IMPORTED_NAMES:
+            del sys.modules[name]
+    for name, module in saved_modules.items():
+        if name.split(".")[0] == "scripts":
+            sys.modules[name] = module
+    sys.path[:] = saved_path
+
+
+@pytest.fixture(scope="module")
+def study_png(tmp_path_factory):
+    """A 64 x 48 grey PNG (rows != columns, so a transpose would show) and its uint8 array."""
+    image = smooth_image(64, 48)
+    image[12:40, 10:34] = np.clip(image[12:40, 10:34].astype(int) + 60, 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("studies") / "case.png"
+    Image.fromarray(image).save(path)
+    return path, image
+
+
+@pytest.fixture(scope="module")
+def bundle_prediction(study_png):
+    """The bundle's own prediction of ``study_png``: ``{"alpha", "uncertainty"}`` as (H, W) float arrays."""
+    from scripts.workflows.inference import MattingInferer, load_trained_network
+
+    network = load_trained_network(BUNDLE_ROOT / "models" / "model.pt").eval()
+    x = torch.from_numpy(study_png[1].astype(np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        out = MattingInferer()(x, network)
+    return {k: out[k][0, 0].numpy() for k in ("alpha", "uncertainty")}
+
+
+@pytest.fixture(scope="module")
+def bundle_task(label_imports):
+    """MONAI Label's ``BundleInferTask`` on this bundle with :class:`MattingBundleConstants`."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    from scripts.workflows.label_serving import MattingBundleConstants
+
+    task = BundleInferTask(str(BUNDLE_ROOT), {}, const=MattingBundleConstants())
+    assert task.is_valid(), "BundleInferTask did not accept the bundle (see its log)"
+    return task
+
+
+def test_default_constants_read_the_batch_config(label_imports):
+    """Without the constants MONAI Label reads configs/inference.yaml: the reason they exist."""
+    from monailabel.tasks.infer.bundle import BundleConstants
+
+    from scripts.workflows.label_serving import LABEL_SERVING_CONFIG, MattingBundleConstants
+
+    assert "inference.yaml" in BundleConstants().configs()
+    assert MattingBundleConstants().configs() == [LABEL_SERVING_CONFIG]
+    assert (BUNDLE_ROOT / "configs" / LABEL_SERVING_CONFIG).is_file()
+
+
+def test_bundle_infer_task_returns_the_bundles_alpha(bundle_task, study_png, bundle_prediction):
+    path, image = study_png
+    task = bundle_task
+    info = task.info()
+    assert info["config"]["map_type"] == "alpha"  # displayable_configs reach the viewer's options
+    assert task.labels == {"alpha matte": 0}
+
+    result = {}
+    for map_type in ("alpha", "uncertainty", "mask"):
+        label_file, result_json = task({"image": str(path), "device": "cpu", "map_type": map_type})
+        assert str(label_file).endswith(".png")
+        result[map_type] = np.asarray(Image.open(label_file))
+        assert result[map_type].shape == image.shape and result[map_type].dtype == np.uint8
+        assert result_json["map_type"] == map_type
+        np.testing.assert_allclose(result_json["mean_uncertainty"], bundle_prediction["uncertainty"].mean(), atol=1e-5)
+
+    expected_alpha = np.round(np.clip(bundle_prediction["alpha"], 0, 1) * 255)
+    expected_uncertainty = np.round(np.clip(bundle_prediction["uncertainty"], 0, 1) * 255)
+    # same network, same input: equal up to float rounding at the 8-bit step
+    assert np.abs(result["alpha"].astype(int) - expected_alpha).max() <= 1
+    assert np.mean(result["alpha"] == expected_alpha) > 0.99
+    assert np.abs(result["uncertainty"].astype(int) - expected_uncertainty).max() <= 1
+    assert 0 < result["alpha"].mean() < 255, "a constant matte would not test the row/column order"
+    mask = bundle_prediction["alpha"] >= 0.5
+    near_threshold = np.abs(bundle_prediction["alpha"] - 0.5) < 1e-4
+    assert set(np.unique(result["mask"])) <= {0, 1}
+    assert np.array_equal(result["mask"][~near_threshold], mask[~near_threshold].astype(np.uint8))
+
+
+def test_matting_labeld_refuses_bad_options_and_outputs(label_imports):
+    from scripts.workflows.label_serving import MattingLabeld
+
+    out = {"pred": {"alpha": torch.full((1, 4, 3), 0.7), "uncertainty": torch.zeros(1, 4, 3)}}
+    with pytest.raises(ValueError, match=r"map_type 'contours' is not one of \['alpha', 'uncertainty', 'mask'\]"):
+        MattingLabeld("pred", map_type="contours")(out)
+    with pytest.raises(ValueError, match=r"mask_threshold '1.5' is not in \(0, 1\)"):
+        MattingLabeld("pred", map_type="mask", mask_threshold="1.5")(out)
+    with pytest.raises(ValueError, match="'pred' holds Tensor, not the inferer's dict"):
+        MattingLabeld("pred")({"pred": torch.zeros(1, 4, 4)})
+    # request options arrive as text; no image meta data: the map keeps the array's order
+    label = MattingLabeld("pred", map_type=" Mask ", mask_threshold="0.6")(out)
+    assert label["pred"].shape == (4, 3) and label["pred"].dtype == torch.uint8 and label["pred"].min() == 1
+    assert label["result"] == {"map_type": "mask", "mean_uncertainty": 0.0, "mask_threshold": 0.6}
+
+
+def test_label_geometry_follows_the_reader(label_imports):
+    """PNG (read as rows, columns): (x, y) size and a transpose; NIfTI (read as x, y): as it is."""
+    from monai.data import MetaTensor
+
+    from scripts.workflows.label_serving import ROWS_FIRST_KEY, LabelGeometryd, MattingLabeld
+
+    alpha = torch.arange(12, dtype=torch.float32).reshape(1, 4, 3) / 11
+    for source, rows_first in (("case.png", True), ("case.nii.gz", False)):
+        image = MetaTensor(torch.zeros(1, 4, 3), meta={"filename_or_obj": source, "spatial_shape": [9, 9, 1]})
+        d = LabelGeometryd("image")({"image": image})
+        assert d["image"].meta[ROWS_FIRST_KEY] is rows_first
+        assert list(d["image"].meta["spatial_shape"]) == ([3, 4] if rows_first else [4, 3])
+        d["pred"] = {"alpha": alpha, "uncertainty": torch.zeros_like(alpha)}
+        label = MattingLabeld("pred")(d)["pred"]
+        expected = torch.round(alpha[0] * 255).to(torch.uint8)
+        assert torch.equal(label, expected.T if rows_first else expected)
+    with pytest.raises(ValueError, match="'image': expected a \\(C, H, W\\) MetaTensor"):
+        LabelGeometryd("image")({"image": torch.zeros(4, 3)})
