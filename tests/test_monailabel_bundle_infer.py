@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def bundle_task(label_imports):
     """MONAI Label's ``BundleInferTask`` on this bundle with :class:`MattingBundleConstants`."""
     from monailabel.tasks.infer.bundle import BundleInferTask
 
-    from scripts.workflows.label_serving import MattingBundleConstants
+    from scripts.workflows.bundle_infer_constants import MattingBundleConstants
 
     task = BundleInferTask(str(BUNDLE_ROOT), {}, const=MattingBundleConstants())
     assert task.is_valid(), "BundleInferTask did not accept the bundle (see its log)"
@@ -115,7 +116,7 @@ def test_default_constants_read_the_batch_config(label_imports):
     """Without the constants MONAI Label reads configs/inference.yaml: the reason they exist."""
     from monailabel.tasks.infer.bundle import BundleConstants
 
-    from scripts.workflows.label_serving import LABEL_SERVING_CONFIG, MattingBundleConstants
+    from scripts.workflows.bundle_infer_constants import LABEL_SERVING_CONFIG, MattingBundleConstants
 
     assert "inference.yaml" in BundleConstants().configs()
     assert MattingBundleConstants().configs() == [LABEL_SERVING_CONFIG]
@@ -160,7 +161,19 @@ def test_bundle_infer_task_on_a_nifti_slice(bundle_task, study_png, bundle_predi
     assert np.abs(np.asarray(written.dataobj).astype(int) - expected).max() <= 1
 
 
-def test_matting_labeld_refuses_bad_options_and_outputs(label_imports):
+def test_config_transforms_do_not_need_monailabel():
+    """configs/monailabel_inference.yaml imports label_serving: it must not pull MONAI Label's extra imports."""
+    import ast
+
+    from scripts.workflows import label_serving
+
+    tree = ast.parse(Path(label_serving.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported and not {m for m in imported if m.split(".")[0] in ("monailabel", *_IMPORTED_NAMES)}
+
+
+def test_matting_labeld_refuses_bad_options_and_outputs():
     from scripts.workflows.label_serving import MattingLabeld
 
     out = {"pred": {"alpha": torch.full((1, 4, 3), 0.7), "uncertainty": torch.zeros(1, 4, 3)}}
@@ -176,7 +189,7 @@ def test_matting_labeld_refuses_bad_options_and_outputs(label_imports):
     assert label["result"] == {"map_type": "mask", "mean_uncertainty": 0.0, "mask_threshold": 0.6}
 
 
-def test_label_geometry_follows_the_reader(label_imports):
+def test_label_geometry_follows_the_reader():
     """PNG (read as rows, columns): (x, y) size and a transpose; NIfTI (read as x, y): as it is."""
     from monai.data import MetaTensor
 

@@ -1,23 +1,20 @@
-"""The bundle served by MONAI Label's generic bundle task (``monailabel.tasks.infer.bundle.BundleInferTask``).
+"""Transforms for the bundle as MONAI Label's generic bundle task serves it (``configs/monailabel_inference.yaml``).
 
 MONAI Label's ``BundleInferTask`` (what its ``monaibundle`` sample app uses for model-zoo bundles)
 runs its own loop: it instantiates ``network_def``, loads ``models/model.pt`` into it, applies the
 config's pre-transforms to one image, calls ``inferer(image, network)``, applies the post-transforms
 and writes ``pred`` to a file itself. ``configs/monailabel_inference.yaml`` gives it the bundle in that
 form (transform lists, the inferer of ``configs/inference.yaml``, no dataset, evaluator or file
-writer); this module holds the pieces that form needs and no library provides:
+writer); this module holds the two transforms that form needs and no library provides:
 
 - :class:`LabelGeometryd`: records the array order and size MONAI Label writes ``pred`` with
   (its writer and its ``Restored`` step work in MONAI's (x, y) order; the bundle reads raster images
   as (row, column), as in training);
 - :class:`MattingLabeld`: turns the inferer's dict (``alpha``, ``uncertainty``) into the one map
-  MONAI Label writes (``pred``), 8-bit, chosen by the request's ``map_type``;
-- :class:`MattingBundleConstants`: ``BundleInferTask``'s ``const`` argument naming
-  ``monailabel_inference.yaml`` as the config to read (its default reads ``inference.yaml``).
+  MONAI Label writes (``pred``), 8-bit, chosen by the request's ``map_type``.
 
-Example (a MONAI Label app's ``init_infers``)::
-
-    BundleInferTask(bundle_root, conf, const=MattingBundleConstants())
+The module does not import ``monailabel`` (whose task module needs scikit-image, shapely and
+torchvision); ``scripts.workflows.bundle_infer_constants`` points ``BundleInferTask`` at the config.
 """
 
 from __future__ import annotations
@@ -29,12 +26,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import PILReader
 from monai.transforms import MapTransform
-from monailabel.tasks.infer.bundle import BundleConstants
 
-__all__ = ["LABEL_SERVING_CONFIG", "MAP_TYPES", "ROWS_FIRST_KEY", "LabelGeometryd", "MattingLabeld", "MattingBundleConstants"]
-
-#: the config ``BundleInferTask`` reads with :class:`MattingBundleConstants` (in ``configs/``)
-LABEL_SERVING_CONFIG = "monailabel_inference.yaml"
+__all__ = ["MAP_TYPES", "ROWS_FIRST_KEY", "LabelGeometryd", "MattingLabeld"]
 
 #: what the returned label holds: the alpha matte or the uncertainty map as ``round(map * 255)``,
 #: or the matte thresholded at ``mask_threshold`` (label 1 = foreground)
@@ -159,15 +152,3 @@ def _as_tensor(x: Any) -> torch.Tensor:
     """A plain tensor (MetaTensor metadata dropped: ``Restored`` takes the geometry from the input image)."""
     x = torch.as_tensor(x)
     return x.as_tensor() if hasattr(x, "as_tensor") else x
-
-
-class MattingBundleConstants(BundleConstants):
-    """``BundleInferTask`` settings that read :data:`LABEL_SERVING_CONFIG` instead of ``inference.json|yaml``.
-
-    ``configs/inference.yaml`` is the batch workflow (a dataset, per-file failure records, files
-    written to ``output_dir``); ``BundleInferTask`` needs transform lists and writes ``pred`` itself.
-    Everything else (``metadata.json``, ``models/model.pt``, the config keys) is MONAI Label's default.
-    """
-
-    def configs(self) -> Sequence[str]:
-        return [LABEL_SERVING_CONFIG]
