@@ -126,8 +126,6 @@ def test_default_constants_read_the_batch_config(label_imports):
 def test_bundle_infer_task_returns_the_bundles_alpha(bundle_task, study_png, bundle_prediction):
     path, image = study_png
     task = bundle_task
-    info = task.info()
-    assert info["config"]["map_type"] == "alpha"  # displayable_configs reach the viewer's options
     assert task.labels == {"alpha matte": 0}
 
     result = {}
@@ -161,6 +159,18 @@ def test_bundle_infer_task_on_a_nifti_slice(bundle_task, study_png, bundle_predi
     assert np.abs(np.asarray(written.dataobj).astype(int) - expected).max() <= 1
 
 
+def test_request_options_are_never_read_as_config(bundle_task, study_png, tmp_path):
+    """A request's ``map_type`` is data: config syntax in it is refused, not evaluated or resolved."""
+    marker = tmp_path / "ran"
+    for value in (f"$open({str(marker)!r}, 'w').close() or 'alpha'", "@ckpt_path", "%configs/train.yaml#epochs"):
+        with pytest.raises(ValueError, match=r"map_type .* is not one of \['alpha', 'uncertainty', 'mask'\]"):
+            bundle_task({"image": str(study_png[0]), "device": "cpu", "map_type": value})
+    assert not marker.exists()
+    assert "displayable_configs" not in bundle_task.bundle_config.get()
+    label_file, _ = bundle_task({"image": str(study_png[0]), "device": "cpu", "map_type": "mask", "mask_threshold": 0.3})
+    assert set(np.unique(np.asarray(Image.open(label_file)))) <= {0, 1}
+
+
 def test_config_transforms_do_not_need_monailabel():
     """configs/monailabel_inference.yaml imports label_serving: it must not pull MONAI Label's extra imports."""
     import ast
@@ -178,15 +188,17 @@ def test_matting_labeld_refuses_bad_options_and_outputs():
 
     out = {"pred": {"alpha": torch.full((1, 4, 3), 0.7), "uncertainty": torch.zeros(1, 4, 3)}}
     with pytest.raises(ValueError, match=r"map_type 'contours' is not one of \['alpha', 'uncertainty', 'mask'\]"):
-        MattingLabeld("pred", map_type="contours")(out)
-    with pytest.raises(ValueError, match=r"mask_threshold '1.5' is not in \(0, 1\)"):
-        MattingLabeld("pred", map_type="mask", mask_threshold="1.5")(out)
+        MattingLabeld("pred")({**out, "map_type": "contours"})
+    for bad in ("1.5", float("nan"), "x"):
+        with pytest.raises(ValueError, match="mask_threshold .* (is not in|is not a number in) \\(0, 1\\)"):
+            MattingLabeld("pred")({**out, "map_type": "mask", "mask_threshold": bad})
     with pytest.raises(ValueError, match="'pred' holds Tensor, not the inferer's dict"):
         MattingLabeld("pred")({"pred": torch.zeros(1, 4, 4)})
-    # request options arrive as text; no image meta data: the map keeps the array's order
-    label = MattingLabeld("pred", map_type=" Mask ", mask_threshold="0.6")(out)
+    # request options arrive as text and win over the defaults; no image meta data: the array's order
+    label = MattingLabeld("pred", map_type="alpha")({**out, "map_type": " Mask ", "mask_threshold": "0.6"})
     assert label["pred"].shape == (4, 3) and label["pred"].dtype == torch.uint8 and label["pred"].min() == 1
     assert label["result"] == {"map_type": "mask", "mean_uncertainty": 0.0, "mask_threshold": 0.6}
+    assert MattingLabeld("pred", map_type="mask", mask_threshold=0.8)(out)["pred"].max() == 0  # the defaults
 
 
 def test_label_geometry_follows_the_reader():

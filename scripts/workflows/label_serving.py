@@ -13,6 +13,11 @@ writer); this module holds the two transforms that form needs and no library pro
 - :class:`MattingLabeld`: turns the inferer's dict (``alpha``, ``uncertainty``) into the one map
   MONAI Label writes (``pred``), 8-bit, chosen by the request's ``map_type``.
 
+The request's options are read from the data dict (``BasicInferTask`` copies the request into it),
+never through the config's ``displayable_configs``: ``BundleInferTask`` writes those request values
+into the bundle config and parses it again, so a value such as ``"$..."`` or ``"%file#key"`` would be
+read as config syntax.
+
 The module does not import ``monailabel`` (whose task module needs scikit-image, shapely and
 torchvision); ``scripts.workflows.bundle_infer_constants`` points ``BundleInferTask`` at the config.
 """
@@ -82,11 +87,13 @@ class MattingLabeld(MapTransform):
 
     Args:
         keys: the prediction key (``pred``).
-        map_type: one of :data:`MAP_TYPES`; text from a request is accepted (``"Alpha"``).
-        mask_threshold: alpha at or above it is foreground for ``map_type="mask"``, in (0, 1).
+        map_type: one of :data:`MAP_TYPES` when the request gives none; text is accepted (``"Alpha"``).
+        mask_threshold: alpha at or above it is foreground for ``map_type="mask"``, in (0, 1), when
+            the request gives none.
         ref_image: the image key; a map of an image marked (row, column) by :class:`LabelGeometryd` is
             transposed to MONAI's (x, y) order, which MONAI Label's writer expects.
         result_key: the key of MONAI Label's result JSON (``BasicInferTask.output_json_key``).
+        options: data keys holding the request's ``map_type`` and ``mask_threshold``, in that order.
 
     Raises:
         ValueError: when called, for an unknown ``map_type``, a threshold outside (0, 1), or an output
@@ -100,31 +107,33 @@ class MattingLabeld(MapTransform):
         mask_threshold: float = 0.5,
         ref_image: str = "image",
         result_key: str = "result",
+        options: Sequence[str] = ("map_type", "mask_threshold"),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        # checked when called: a request's bad value then fails with this one-line error, not with
-        # ConfigParser's "Failed to instantiate component" around it
         self.map_type = map_type
         self.mask_threshold = mask_threshold
         self.ref_image = ref_image
         self.result_key = result_key
+        self.map_type_key, self.threshold_key = options
 
-    def _checked_options(self) -> tuple:
-        """``(map_type, mask_threshold)`` normalised, or a ``ValueError`` naming the bad option."""
-        map_type = str(self.map_type).strip().lower()
+    def _checked_options(self, data: Mapping[Hashable, Any]) -> tuple:
+        """``(map_type, mask_threshold)`` of the request (or the defaults), normalised, or a ``ValueError``."""
+        map_type_given = data.get(self.map_type_key, self.map_type)
+        threshold_given = data.get(self.threshold_key, self.mask_threshold)
+        map_type = str(map_type_given).strip().lower()
         if map_type not in MAP_TYPES:
-            raise ValueError(f"map_type {self.map_type!r} is not one of {list(MAP_TYPES)}")
+            raise ValueError(f"map_type {map_type_given!r} is not one of {list(MAP_TYPES)}")
         try:
-            threshold = float(self.mask_threshold)
+            threshold = float(threshold_given)
         except (TypeError, ValueError):
-            raise ValueError(f"mask_threshold {self.mask_threshold!r} is not a number in (0, 1)") from None
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"mask_threshold {self.mask_threshold!r} is not in (0, 1)")
+            raise ValueError(f"mask_threshold {threshold_given!r} is not a number in (0, 1)") from None
+        if not 0.0 < threshold < 1.0:  # also refuses NaN
+            raise ValueError(f"mask_threshold {threshold_given!r} is not in (0, 1)")
         return map_type, threshold
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        map_type, threshold = self._checked_options()
+        map_type, threshold = self._checked_options(data)
         d = dict(data)
         for key in self.key_iterator(d):
             out = d[key]
