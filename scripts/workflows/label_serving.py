@@ -52,7 +52,7 @@ class LabelGeometryd(MapTransform):
     (``PILReader(reverse_indexing=False)``, as in training), and ``EnsureImage2Dd`` drops the trailing
     1 of a 2-D NIfTI, so the reader's values do not fit. This step sets ``meta["spatial_shape"]`` to
     the (x, y) size of the map that will be written and ``meta[ROWS_FIRST_KEY]`` to whether the array
-    is (row, column), i.e. was read by ``PILReader`` (decided by ``PILReader.verify_suffix``, the test
+    is (row, column), i.e. was read by ``PILReader`` (decided by ``PILReader.verify_suffix``, the check
     ``LoadImaged`` applies to the config's reader list); :class:`MattingLabeld` transposes such maps.
 
     Raises:
