@@ -51,6 +51,7 @@ __all__ = [
     "VolumeSlices",
     "NiftiStreamWriter",
     "infer_volume",
+    "InferenceCancelled",
 ]
 
 #: most pixels of the slices run through the network at once (one 512 x 512 slice, four 256 x 256)
@@ -303,6 +304,15 @@ class NiftiStreamWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+class InferenceCancelled(RuntimeError):
+    """``infer_volume`` stopped between two batches of slices because ``should_stop`` said so;
+    ``slices_done`` of ``slices`` were inferred, nothing was written."""
+
+    def __init__(self, message: str, slices_done: int, slices: int) -> None:
+        super().__init__(message)
+        self.slices_done, self.slices = int(slices_done), int(slices)
+
+
 def infer_volume(
     path: PathLike,
     network: torch.nn.Module,
@@ -315,6 +325,7 @@ def infer_volume(
     mask_threshold: float = 0.5,
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> Dict[str, Any]:
     """Alpha matte / uncertainty map / mask of every slice of a NIfTI volume, written as NIfTI.
 
@@ -330,6 +341,8 @@ def infer_volume(
         mask_threshold: threshold of the ``mask`` map.
         device: where the network runs.
         progress: show a ``tqdm`` bar of the slices.
+        should_stop: asked before each batch of slices; ``True`` stops the work there
+            (:class:`InferenceCancelled`, the partial maps removed), e.g. when a server's client left.
 
     Returns:
         ``{"shape", "axis", "slices", "image_scaling", "alpha": {mean, min, max}, "uncertainty": {mean, max}}``.
@@ -363,6 +376,9 @@ def infer_volume(
             bar = tqdm(total=slices.depth, desc=f"{Path(path).name} slices", unit="slice")
         with torch.no_grad():
             for start in range(0, slices.depth, per_batch):
+                if should_stop is not None and should_stop():
+                    raise InferenceCancelled(f"{path}: stopped after {start} of {slices.depth} slices", start,
+                                             slices.depth)
                 stop = min(slices.depth, start + per_batch)
                 slab, _ = scale_intensity_to_unit(slices.slab(start, stop), scaling_range, str(path))
                 batch = match_channels(slab[None], channels, str(path))  # (C, k, H, W)
