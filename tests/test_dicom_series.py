@@ -59,7 +59,8 @@ def _predict_slices(net, slices01: np.ndarray) -> np.ndarray:
     alphas = []
     with torch.no_grad():
         for image in slices01:
-            alphas.append(net.predict(torch.from_numpy(np.ascontiguousarray(image.T, np.float32))[None, None])["alpha"][0, 0].numpy())
+            x = torch.from_numpy(np.ascontiguousarray(image.T, np.float32))[None, None]
+            alphas.append(net.predict(x)["alpha"][0, 0].numpy())
     return np.stack(alphas, axis=2)
 
 

@@ -193,4 +193,5 @@ def test_background_batch_inference_is_refused_and_points_to_run_sync(server):
     assert res.status_code == 400 and "run_sync=true" in res.json()["detail"], res.text
     res = requests.post(f"{server['url']}/batch/infer/medical_matting?run_sync=false", timeout=60)
     assert res.status_code == 400, res.text
-    assert not (server["studies"] / "labels" / "original").exists() or not any((server["studies"] / "labels" / "original").iterdir())
+    labels = server["studies"] / "labels" / "original"
+    assert not labels.exists() or not any(labels.iterdir())

@@ -181,7 +181,8 @@ def read_dicom_series_header(folder: Union[str, os.PathLike]) -> ImageHeader:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             rows, cols = int(ds.Rows), int(ds.Columns)
         except Exception as e:  # any decoder error: not a DICOM image file
-            raise UnreadableImageError(f"{folder}: {os.path.basename(f)} is not a readable DICOM image ({_first_line(e)})") from None
+            raise UnreadableImageError(
+                f"{folder}: {os.path.basename(f)} is not a readable DICOM image ({_first_line(e)})") from None
         if int(getattr(ds, "SamplesPerPixel", 1)) != 1 or int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
             raise UnreadableImageError(f"{folder}: {os.path.basename(f)} is not one grey frame (colour or multi-frame "
                                        "DICOM is not supported)")

@@ -146,14 +146,15 @@ def list_input_images(
     """Data list ``[{"image": path, "case": name}, ...]`` of one image file or of a folder's images.
 
     A DICOM series is a folder of ``.dcm`` files (``input_path`` itself, or a sub-folder of
-    ``input_path``), case name the folder's name. A folder is read non-recursively; files whose name does not end in one of
-    :data:`IMAGE_SUFFIXES`, sub-folders with such a name (``dir.png/``) and images not matching
-    ``pattern`` are skipped with a warning naming them (hidden files silently). The case
-    name is the file name without its extension; two images with the same case name (``a.png``
-    and ``a.nii.gz``) are an error because their outputs would overwrite each other.
+    ``input_path``), case name the folder's name. A folder is read non-recursively; files whose
+    name does not end in one of :data:`IMAGE_SUFFIXES`, sub-folders with such a name
+    (``dir.png/``) and images not matching ``pattern`` are skipped with a warning naming them
+    (hidden files silently). The case name is the file name without its extension; two images
+    with the same case name (``a.png`` and ``a.nii.gz``) are an error because their outputs
+    would overwrite each other.
 
     Args:
-        input_path: an image file or a folder of images.
+        input_path: an image file, a folder of images, or a DICOM series folder.
         output_dir: where the outputs go; refused when inside the input folder (:func:`check_output_dir`).
         pattern: a folder's images are those whose name matches this shell pattern (``"*_image.nii.gz"``
             keeps masks stored beside the images out); ``None`` reads every image.
