@@ -6,7 +6,10 @@ folder holding a small image, a 4000 x 4000 image, a 30000 x 30000 PNG bomb and 
 - too large images (by their header) are refused with 413 and the reason, uploaded or in the
   datastore; unreadable ones with 415; never 500, and the server keeps serving;
 - while a 4000 x 4000 inference runs, ``/info/`` and a small inference answer within seconds
-  (inference runs in the thread pool, bounded, with a slot kept for small images).
+  (inference runs in the thread pool, bounded, with a slot kept for small images);
+- a volume inference whose client disconnects stops between slices, frees its slot for the next
+  large request and leaves no file behind;
+- background batch inference (without ``run_sync=true``) is refused with 400.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +41,8 @@ TINY = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters":
 LARGE = 4000
 #: seconds a small request may wait while a large one runs
 QUICK_S = 5.0
+#: a volume whose inference takes far longer than the test waits before disconnecting: 512 x 512 x 60
+DEEP = (512, 512, 60)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,10 +60,16 @@ def server(tmp_path_factory):
     Image.fromarray(smooth_image(LARGE, LARGE)).save(studies / "large.png")
     write_png_bomb(studies / "bomb.png", 30000, 30000)
     (studies / "broken.png").write_bytes((studies / "small.png").read_bytes()[:70])
+    import nibabel as nib
+
+    plane = smooth_image(DEEP[0], DEEP[1])
+    nib.save(nib.Nifti1Image(np.repeat(plane[:, :, None], DEEP[2], axis=2), np.eye(4)), str(studies / "deep.nii.gz"))
+    nib.save(nib.Nifti1Image(np.repeat(plane[::2, ::2, None], 5, axis=2), np.eye(4)), str(studies / "mid.nii.gz"))
+    (root / "tmp").mkdir()
     port = free_port()
     log_path = root / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "TMPDIR": str(root / "tmp")}
     env.pop("MONAI_LABEL_AUTH_ENABLE", None)
     env.pop("MEDICAL_MATTING_CONFIG_SNAPSHOT", None)
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "monailabel_app"),
@@ -72,7 +85,8 @@ def server(tmp_path_factory):
 
     try:
         wait_until_serving(proc, f"{url}/info/", 180, tail, "MONAI Label server")
-        yield {"url": url, "studies": studies, "proc": proc, "tail": tail}
+        yield {"url": url, "port": port, "studies": studies, "proc": proc, "tail": tail, "tmp": root / "tmp",
+               "log_path": log_path}
     finally:
         stop_process(proc)
         log.close()
@@ -144,3 +158,40 @@ def test_a_large_inference_does_not_stall_other_requests(server):
     assert res.status_code == 200, res.text
     assert res.json()["shape"] == [LARGE, LARGE]
     print(f"large inference {result['seconds']:.0f} s; small requests meanwhile: {waits}")
+
+
+def test_an_abandoned_volume_inference_stops_between_slices_and_frees_its_slot(server):
+    """The client of a volume request disconnects: the work stops at the next batch of slices, the
+    large slot is free for the next volume at once, and no result file is left."""
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as client:
+        client.sendall(b"POST /infer/medical_matting?image=deep&output=json HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        deadline = time.time() + 60
+        while not list(server["tmp"].glob("medical_matting_result_*")):  # the volume's map is being written
+            assert time.time() < deadline, server["tail"]()
+            time.sleep(0.2)
+        time.sleep(2.0)
+    start = time.perf_counter()
+    res = _infer(server, "mid", timeout=120)  # large work too (256 x 256 x 5): needs the large slot
+    waited = time.perf_counter() - start
+    assert res.status_code == 200 and res.json()["shape"] == [256, 256, 5], res.text
+    log = server["log_path"].read_text(errors="replace")
+    stopped = re.search(r"inference cancelled, the client disconnected: .*stopped after (\d+) of (\d+) slices", log)
+    assert stopped, server["tail"]()
+    done, total = int(stopped.group(1)), int(stopped.group(2))
+    assert total == DEEP[2] and done < total / 2, stopped.group(0)
+    deadline = time.time() + 10  # the answered request's file is removed by a task after its answer
+    while list(server["tmp"].glob("medical_matting_result_*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not list(server["tmp"].glob("medical_matting_result_*")), list(server["tmp"].iterdir())
+    print(f"cancelled after {done} of {total} slices; the next volume answered in {waited:.1f} s")
+    assert waited < 6 * QUICK_S, waited
+
+
+def test_background_batch_inference_is_refused_and_points_to_run_sync(server):
+    res = requests.post(f"{server['url']}/batch/infer/medical_matting", timeout=60)
+    assert res.status_code == 400 and "run_sync=true" in res.json()["detail"], res.text
+    res = requests.post(f"{server['url']}/batch/infer/medical_matting?run_sync=false", timeout=60)
+    assert res.status_code == 400, res.text
+    labels = server["studies"] / "labels" / "original"
+    assert not labels.exists() or not any(labels.iterdir())

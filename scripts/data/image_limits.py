@@ -40,6 +40,8 @@ __all__ = [
     "ImageTooLargeError",
     "UnreadableImageError",
     "ImageHeader",
+    "dicom_series_files",
+    "read_dicom_series_header",
     "read_image_header",
     "check_image_header",
     "CheckImageHeaderd",
@@ -108,6 +110,8 @@ def read_image_header(path: Union[str, os.PathLike]) -> ImageHeader:
         UnreadableImageError: no file, an unknown format, or a header that cannot be read.
     """
     path = str(path)
+    if os.path.isdir(path) and dicom_series_files(path):
+        return read_dicom_series_header(path)
     if not os.path.isfile(path):
         raise UnreadableImageError(f"{path}: no such file")
     suffix = _suffix(path)
@@ -145,6 +149,51 @@ def read_image_header(path: Union[str, os.PathLike]) -> ImageHeader:
     except Exception as e:  # any header decoder error: not a readable file of that format
         raise UnreadableImageError(f"{path}: not a readable {suffix or 'image'} file ({_first_line(e)})") from None
     raise UnreadableImageError(f"{path}: unsupported image format {suffix or '(no suffix)'!r}")
+
+
+def dicom_series_files(folder: Union[str, os.PathLike]) -> list:
+    """The ``.dcm`` files of a folder (one DICOM series), sorted by name; ``[]`` when it holds none."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(str(folder), n) for n in os.listdir(folder)
+                  if n.lower().endswith(".dcm") and not n.startswith(".") and os.path.isfile(os.path.join(str(folder), n)))
+
+
+def read_dicom_series_header(folder: Union[str, os.PathLike]) -> ImageHeader:
+    """The shape of a DICOM series folder from its files' headers (no pixel data is decoded).
+
+    Shape (rows, columns, files); every file must belong to one series, hold one grey frame and
+    have the same rows and columns. Hand-written because MONAI's readers decode the pixel data to
+    know the shape; this check runs before any decoding.
+
+    Raises:
+        UnreadableImageError: a file that is not DICOM, several series, colour or multi-frame
+            files, or slices of different sizes (one line naming the folder).
+    """
+    import pydicom
+
+    files = dicom_series_files(folder)
+    if not files:
+        raise UnreadableImageError(f"{folder}: no .dcm file in the folder")
+    sizes, series = set(), set()
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            rows, cols = int(ds.Rows), int(ds.Columns)
+        except Exception as e:  # any decoder error: not a DICOM image file
+            raise UnreadableImageError(
+                f"{folder}: {os.path.basename(f)} is not a readable DICOM image ({_first_line(e)})") from None
+        if int(getattr(ds, "SamplesPerPixel", 1)) != 1 or int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
+            raise UnreadableImageError(f"{folder}: {os.path.basename(f)} is not one grey frame (colour or multi-frame "
+                                       "DICOM is not supported)")
+        sizes.add((rows, cols))
+        series.add(str(getattr(ds, "SeriesInstanceUID", "")))
+    if len(series) > 1:
+        raise UnreadableImageError(f"{folder}: holds {len(series)} DICOM series; put each series in its own folder")
+    if len(sizes) > 1:
+        raise UnreadableImageError(f"{folder}: DICOM slices of different sizes {sorted(sizes)}")
+    rows, cols = sizes.pop()
+    return ImageHeader((rows, cols, len(files)), 1, "DICOM")
 
 
 def check_image_header(

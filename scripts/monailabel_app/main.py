@@ -21,7 +21,8 @@ not enabled, 404 unknown image / model, 409 no trained weights or changed config
 the documented maximum size, 415 unsupported or unreadable image; 503 too many waiting inferences),
 and the server keeps running. Inference runs in the server's thread pool, at most ``infer_workers``
 at once (one of them always free for images within the internal grid), so a large image does not
-stall other requests.
+stall other requests; a volume whose client disconnects stops at the next batch of slices and frees
+its slot. ``POST /batch/infer`` runs only with ``run_sync=true`` (in the slots; 400 otherwise).
 
 Every id, tag, file name and option a request carries is checked before MONAI Label uses it
 (``lib/security.py``): ids and tags are plain names confined to the datastore, uploads are images,
@@ -249,7 +250,8 @@ class MedicalMattingApp(MONAILabelApp):
     def batch_infer(self, request, datastore=None):
         """MONAI Label's batch inference, each image through the inference slots (``SLOTS``), never
         replacing a final label unless ``overwrite_final: true``: images that hold one are skipped and
-        listed with the reason. The synchronous route runs in the thread pool (``lib.security``)."""
+        listed with the reason. Only the synchronous route reaches it, from the thread pool (``lib.security``
+refuses background batches: they would run in a subprocess outside the slots)."""
         import torch
 
         store = datastore if datastore else self.datastore()

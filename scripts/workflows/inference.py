@@ -145,14 +145,16 @@ def list_input_images(
 ) -> List[Dict[str, str]]:
     """Data list ``[{"image": path, "case": name}, ...]`` of one image file or of a folder's images.
 
-    A folder is read non-recursively; files whose name does not end in one of
-    :data:`IMAGE_SUFFIXES`, sub-folders with such a name (``dir.png/``) and images not matching
-    ``pattern`` are skipped with a warning naming them (hidden files silently). The case
-    name is the file name without its extension; two images with the same case name (``a.png``
-    and ``a.nii.gz``) are an error because their outputs would overwrite each other.
+    A DICOM series is a folder of ``.dcm`` files (``input_path`` itself, or a sub-folder of
+    ``input_path``), case name the folder's name. A folder is read non-recursively; files whose
+    name does not end in one of :data:`IMAGE_SUFFIXES`, sub-folders with such a name
+    (``dir.png/``) and images not matching ``pattern`` are skipped with a warning naming them
+    (hidden files silently). The case name is the file name without its extension; two images
+    with the same case name (``a.png`` and ``a.nii.gz``) are an error because their outputs
+    would overwrite each other.
 
     Args:
-        input_path: an image file or a folder of images.
+        input_path: an image file, a folder of images, or a DICOM series folder.
         output_dir: where the outputs go; refused when inside the input folder (:func:`check_output_dir`).
         pattern: a folder's images are those whose name matches this shell pattern (``"*_image.nii.gz"``
             keeps masks stored beside the images out); ``None`` reads every image.
@@ -173,14 +175,19 @@ def list_input_images(
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: {path}")
     check_output_dir(path, output_dir)
+    from scripts.workflows.volumes import is_dicom_series
+
+    if path.is_dir() and is_dicom_series(path):
+        return [{CommonKeys.IMAGE: str(path), "case": path.name}]
     if path.is_file():
         if not path.name.lower().endswith(IMAGE_SUFFIXES):
             raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(IMAGE_SUFFIXES)})")
         files = [path]
     else:
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        files = [p for p in entries if _is_image_file(p) and (pattern is None or fnmatch.fnmatch(p.name, pattern))]
-        unmatched = [p.name for p in entries if p.is_file() and _is_image_file(p) and p not in files]
+        inputs = [p for p in entries if _is_image_file(p) or (p.is_dir() and is_dicom_series(p))]
+        files = [p for p in inputs if pattern is None or fnmatch.fnmatch(p.name, pattern)]
+        unmatched = [p.name for p in inputs if p not in files]
         skipped = [p.name + ("/ (a folder)" if p.is_dir() else "") for p in entries
                    if p not in files and p.name not in unmatched and (p.is_file() or p.name.lower().endswith(IMAGE_SUFFIXES))]
         if skipped:
@@ -195,7 +202,7 @@ def list_input_images(
             )
     data, seen = [], {}
     for f in files:
-        case = case_name_from_path(f)
+        case = f.name if f.is_dir() else case_name_from_path(f)
         if case in seen:
             raise ValueError(f"{seen[case]} and {f} have the same case name {case!r}; rename one of them")
         seen[case] = f

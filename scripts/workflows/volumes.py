@@ -1,4 +1,4 @@
-"""Matting of 3-D NIfTI volumes slice by slice, in memory that does not grow with the depth.
+"""Matting of 3-D NIfTI volumes (and DICOM series) slice by slice, in memory that does not grow with the depth.
 
 CLI inference (``configs/inference.yaml``) and the MONAI Label app send every NIfTI volume
 (3-D, or 4-D with one volume) here: the slices along ``axis`` run through the same
@@ -18,6 +18,10 @@ output), so memory grows with the depth. Here
 - the intensity rule is the bundle's one (``scripts.data.transforms.scale_intensity_to_unit``),
   taken over the whole volume: integer volumes by their type, float volumes outside [0, 1] by the
   whole volume's minimum and maximum (one streaming pass finds them), never per slab.
+
+A DICOM series folder is read whole with MONAI's ``PydicomReader`` (:func:`read_dicom_series`;
+the headers are checked first, ``scripts.data.image_limits.read_dicom_series_header``), scaled by
+its rescaled values' minimum and maximum, and written as NIfTI with the reader's affine.
 
 Example::
 
@@ -40,11 +44,14 @@ import torch
 __all__ = [
     "DEFAULT_SLICE_BATCH_PIXELS",
     "MAP_KINDS",
+    "is_dicom_series",
     "is_volume",
+    "read_dicom_series",
     "volume_shape",
     "VolumeSlices",
     "NiftiStreamWriter",
     "infer_volume",
+    "InferenceCancelled",
 ]
 
 #: most pixels of the slices run through the network at once (one 512 x 512 slice, four 256 x 256)
@@ -70,6 +77,11 @@ def volume_shape(path: PathLike) -> Tuple[int, ...]:
     """
     import nibabel as nib
 
+    if is_dicom_series(path):
+        from scripts.data.image_limits import read_dicom_series_header
+
+        rows, cols, files = read_dicom_series_header(path).shape
+        return int(cols), int(rows), int(files)  # the readers' (X, Y, Z): columns, rows, slices
     shape = tuple(int(s) for s in nib.load(str(path)).shape)
     if len(shape) < 3 or len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
         raise ValueError(f"{path}: a NIfTI of shape {shape} is not one 3-D volume (X, Y, Z); 4-D series and "
@@ -77,8 +89,18 @@ def volume_shape(path: PathLike) -> Tuple[int, ...]:
     return shape[:3]
 
 
+def is_dicom_series(path: PathLike) -> bool:
+    """Whether ``path`` is a folder holding ``.dcm`` files (one DICOM series)."""
+    from scripts.data.image_limits import dicom_series_files
+
+    return bool(dicom_series_files(path))
+
+
 def is_volume(path: PathLike) -> bool:
-    """Whether ``path`` is a NIfTI file with more than one slice (its header says so; nothing is decoded)."""
+    """Whether ``path`` is a NIfTI file with more than one slice (its header says so; nothing is decoded)
+    or a DICOM series folder (any number of slices)."""
+    if is_dicom_series(path):
+        return True
     if not _is_nifti(path):
         return False
     import nibabel as nib
@@ -87,11 +109,36 @@ def is_volume(path: PathLike) -> bool:
     return len(shape) >= 3 and math.prod(shape[2:]) > 1
 
 
+def read_dicom_series(path: PathLike) -> Any:
+    """A DICOM series folder as a float32 NIfTI image (in memory) with the series' geometry.
+
+    Read whole with MONAI's ``LoadImage(reader=PydicomReader())``: slices sorted by position,
+    rescale slope / intercept applied (float32, e.g. CT in HU), array in the reader's (X, Y, Z) =
+    (columns, rows, slices) order and its RAS affine, which becomes the NIfTI's sform and qform
+    (scanner coordinates, mm). A 512 x 512 x 300 series holds 315 MB as float32.
+    """
+    import nibabel as nib
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    image = LoadImage(reader=PydicomReader(), image_only=True, dtype=np.float32)(str(path))
+    data = np.asarray(image)
+    if data.ndim != 3:
+        raise ValueError(f"{path}: the DICOM series reads as shape {tuple(data.shape)}, not one 3-D volume")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    nifti = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    nifti.set_sform(affine, code=1)
+    nifti.set_qform(affine, code=1)
+    nifti.header.set_xyzt_units("mm")
+    return nifti
+
+
 class VolumeSlices:
-    """Slabs of a NIfTI volume along ``axis``, in the file's stored type, as (k, H, W) arrays.
+    """Slabs of a NIfTI volume (or a DICOM series) along ``axis``, in the file's stored type, as (k, H, W) arrays.
 
     Args:
-        path: the NIfTI file (3-D, or 4-D with one volume).
+        path: the NIfTI file (3-D, or 4-D with one volume), or a DICOM series folder (read whole,
+            :func:`read_dicom_series`).
         axis: the slicing axis of the volume's (X, Y, Z) axes; each slice is the 2-D image of the
             two other axes in their file order (the app's and the CLI's 2-D orientation).
     """
@@ -104,7 +151,8 @@ class VolumeSlices:
             raise ValueError(f"axis must be 0, 1 or 2 (a volume's X, Y, Z), got {axis!r}")
         self.shape = volume_shape(path)
         self.axis = int(axis)
-        self.image = nib.load(self.path)
+        self.dicom = is_dicom_series(path)
+        self.image = read_dicom_series(path) if self.dicom else nib.load(self.path)
         self._proxy = self.image.dataobj
         self._ndim = len(self.image.shape)
         self._loaded: Optional[np.ndarray] = None  # other axes than the last: the volume, stored type
@@ -152,10 +200,17 @@ class VolumeSlices:
         """The range every slab is scaled with, so slabs are scaled as the whole volume would be.
 
         Integer volumes: ``None`` (by their type); float volumes inside [0, 1]: ``None`` (kept);
-        other float volumes: their minimum and maximum; an explicit range is used as given.
+        other float volumes: their minimum and maximum; DICOM series: always the minimum and
+        maximum of their rescaled values (stored bits say nothing about the range a scanner
+        uses); an explicit range is used as given.
         """
         if explicit is not None:
             return explicit, f"range [{float(explicit[0]):g}, {float(explicit[1]):g}]"
+        if self.dicom:
+            lo, hi = self.value_range()
+            if hi == lo:
+                return [lo, lo + 1.0], f"constant DICOM series {lo:g}"
+            return [lo, hi], f"min-max [{lo:g}, {hi:g}] (DICOM series, rescaled values)"
         dtype = self._proxy.dtype if not _scales(self.image) else np.dtype(np.float64)
         if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
             info = np.iinfo(dtype) if dtype != np.bool_ else None
@@ -249,6 +304,15 @@ class NiftiStreamWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+class InferenceCancelled(RuntimeError):
+    """``infer_volume`` stopped between two batches of slices because ``should_stop`` said so;
+    ``slices_done`` of ``slices`` were inferred, nothing was written."""
+
+    def __init__(self, message: str, slices_done: int, slices: int) -> None:
+        super().__init__(message)
+        self.slices_done, self.slices = int(slices_done), int(slices)
+
+
 def infer_volume(
     path: PathLike,
     network: torch.nn.Module,
@@ -261,11 +325,12 @@ def infer_volume(
     mask_threshold: float = 0.5,
     device: Union[str, torch.device] = "cpu",
     progress: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> Dict[str, Any]:
     """Alpha matte / uncertainty map / mask of every slice of a NIfTI volume, written as NIfTI.
 
     Args:
-        path: the volume (3-D NIfTI, or 4-D with one volume).
+        path: the volume (3-D NIfTI, or 4-D with one volume), or a DICOM series folder.
         network: the served network (``predict``), used as it is (no state is changed on it).
         inferer: ``MattingInferer`` (the inferer of 2-D images).
         outputs: ``{"alpha" | "uncertainty" | "mask": output file}`` (``.nii.gz`` or ``.nii``).
@@ -276,6 +341,8 @@ def infer_volume(
         mask_threshold: threshold of the ``mask`` map.
         device: where the network runs.
         progress: show a ``tqdm`` bar of the slices.
+        should_stop: asked before each batch of slices; ``True`` stops the work there
+            (:class:`InferenceCancelled`, the partial maps removed), e.g. when a server's client left.
 
     Returns:
         ``{"shape", "axis", "slices", "image_scaling", "alpha": {mean, min, max}, "uncertainty": {mean, max}}``.
@@ -309,6 +376,9 @@ def infer_volume(
             bar = tqdm(total=slices.depth, desc=f"{Path(path).name} slices", unit="slice")
         with torch.no_grad():
             for start in range(0, slices.depth, per_batch):
+                if should_stop is not None and should_stop():
+                    raise InferenceCancelled(f"{path}: stopped after {start} of {slices.depth} slices", start,
+                                             slices.depth)
                 stop = min(slices.depth, start + per_batch)
                 slab, _ = scale_intensity_to_unit(slices.slab(start, stop), scaling_range, str(path))
                 batch = match_channels(slab[None], channels, str(path))  # (C, k, H, W)

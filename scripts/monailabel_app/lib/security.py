@@ -528,6 +528,36 @@ class SecureSessions(Sessions):
 _TRUSTED: contextvars.ContextVar[FrozenSet[str]] = contextvars.ContextVar("medical_matting_trusted", default=frozenset())
 
 
+_CLIENT_GONE: contextvars.ContextVar[Optional[Callable[[], bool]]] = contextvars.ContextVar(
+    "medical_matting_client_gone", default=None)
+
+
+def client_gone() -> bool:
+    """Whether the client of the current infer request has disconnected (``False`` outside a request).
+
+    Asked by the volume inference between batches of slices, so abandoned work stops early and
+    frees its slot."""
+    check = _CLIENT_GONE.get()
+    return bool(check is not None and check())
+
+
+def _disconnect_check(http_request: Any) -> Callable[[], bool]:
+    """A check, callable from the request's worker thread, of whether its client has disconnected.
+
+    Starlette's ``Request.is_disconnected`` is a coroutine of the event loop; the worker thread
+    (FastAPI's thread pool, run by anyio) asks it through ``anyio.from_thread.run``.
+    """
+    import anyio.from_thread
+
+    def gone() -> bool:
+        try:
+            return bool(anyio.from_thread.run(http_request.is_disconnected))
+        except RuntimeError:  # not in an anyio worker thread (a direct call): no client to lose
+            return False
+
+    return gone
+
+
 def trusted_inputs() -> FrozenSet[str]:
     """Files the current infer request may read besides datastore ids (its checked upload or session image)."""
     return _TRUSTED.get()
@@ -698,11 +728,20 @@ def install_request_guards(app_instance: Callable[[], Any]) -> None:
         @functools.wraps(original_infer)
         def run_inference(background_tasks, model, image="", session_id="", params="{}", file=None, label=None,
                           output=None):
+            from scripts.workflows.volumes import InferenceCancelled
+
             try:
                 return _guarded_inference(original_infer, app_instance(), background_tasks, model, image,
                                           session_id, params, file, label, output)
             except MattingAppError as e:
                 raise _http_error(e) from e
+            except InferenceCancelled as e:
+                from fastapi import HTTPException
+
+                SLOTS.cancelled += 1
+                logger.warning(f"inference cancelled, the client disconnected: {redact_paths(str(e))} "
+                               f"(slot freed; {SLOTS.cancelled} cancelled so far)")
+                raise HTTPException(status_code=499, detail="cancelled: the client disconnected") from None
 
         run_inference.__medical_matting_guard__ = True
         infer_ep.run_inference = run_inference
@@ -729,6 +768,8 @@ class InferenceSlots:
         self._large = threading.BoundedSemaphore(large_workers)
         self._lock = threading.Lock()
         self.waiting = 0
+        #: inferences stopped early because their client disconnected
+        self.cancelled = 0
 
     @contextlib.contextmanager
     def slot(self, large: bool):
@@ -780,19 +821,36 @@ def _run_inference_in_threads() -> None:
     from monailabel.endpoints import infer as infer_ep
 
     def api_run_inference(**kw):
-        return infer_ep.run_inference(kw["background_tasks"], kw["model"], kw.get("image", ""),
-                                      kw.get("session_id", ""), kw.get("params", "{}"), kw.get("file"),
-                                      kw.get("label"), kw.get("output"))
+        token = _CLIENT_GONE.set(_disconnect_check(kw[_HTTP_REQUEST]))
+        try:
+            return infer_ep.run_inference(kw["background_tasks"], kw["model"], kw.get("image", ""),
+                                          kw.get("session_id", ""), kw.get("params", "{}"), kw.get("file"),
+                                          kw.get("label"), kw.get("output"))
+        finally:
+            _CLIENT_GONE.reset(token)
 
     def api_run_batch(**kw):
+        if not kw.get("run_sync"):
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=400, detail=BATCH_NEEDS_RUN_SYNC)
         return batch_ep.run(kw["model"], kw.get("images"), kw.get("params"), kw.get("run_sync"))
 
-    _replace_route(infer_ep.router, "/infer/{model}", api_run_inference)
+    _replace_route(infer_ep.router, "/infer/{model}", api_run_inference, with_request=True)
     _replace_route(batch_ep.router, "/batch/infer/{model}", api_run_batch)
 
 
-def _replace_route(module_router, path: str, call: Callable[..., Any]) -> None:
-    """Replace the ``POST`` route ending in ``path`` by the plain function ``call`` with its signature."""
+#: name of the parameter through which FastAPI hands the replaced infer route its ``Request``
+_HTTP_REQUEST = "medical_matting_http_request"
+#: why ``POST /batch/infer`` without ``run_sync=true`` is refused
+BATCH_NEEDS_RUN_SYNC = ("batch inference runs only with run_sync=true (POST /batch/infer/{model}?run_sync=true): "
+                        "MONAI Label's background batch runs in a separate process, outside the server's "
+                        "inference slots")
+
+
+def _replace_route(module_router, path: str, call: Callable[..., Any], with_request: bool = False) -> None:
+    """Replace the ``POST`` route ending in ``path`` by the plain function ``call`` with its signature
+    (``with_request``: plus the request itself, as the keyword :data:`_HTTP_REQUEST`)."""
     import sys
 
     from fastapi.routing import APIRoute
@@ -808,7 +866,13 @@ def _replace_route(module_router, path: str, call: Callable[..., Any]) -> None:
             if getattr(route.endpoint, "__medical_matting_guard__", False):
                 continue
             endpoint = functools.partial(call)  # a fresh callable per route, same parameters
-            endpoint.__signature__ = inspect.signature(route.endpoint)
+            signature = inspect.signature(route.endpoint)
+            if with_request:
+                from starlette.requests import Request
+
+                extra = inspect.Parameter(_HTTP_REQUEST, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
+                signature = signature.replace(parameters=[*signature.parameters.values(), extra])
+            endpoint.__signature__ = signature
             endpoint.__doc__ = route.endpoint.__doc__
             endpoint.__medical_matting_guard__ = True
             router.routes[i] = APIRoute(route.path, endpoint, methods=list(route.methods), name=route.name,
@@ -858,6 +922,10 @@ def _guarded_inference(original, app, background_tasks, model, image, session_id
         token = _TRUSTED.set(frozenset(trusted))
         try:
             with SLOTS.slot(large=is_large_work(header, settings)):
+                if client_gone():  # left while waiting for the slot
+                    from scripts.workflows.volumes import InferenceCancelled
+
+                    raise InferenceCancelled("the request was waiting for a slot", 0, 0)
                 return original(background_tasks, model, image, session_id, json.dumps(options), None, None, output)
         finally:
             _TRUSTED.reset(token)

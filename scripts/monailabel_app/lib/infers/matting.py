@@ -37,7 +37,7 @@ from scripts.workflows.inference import MattingInferer, failure_reason
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError, MattingAppError, UnsupportedStudyImageError
 from ..imaging import image_reader, write_result
-from ..security import check_study_image, finite_float, redact_paths
+from ..security import check_study_image, client_gone, finite_float, redact_paths
 from ..transforms import PrepareMattingInputd
 
 __all__ = ["MattingInferTask", "MAP_TYPES", "CLIENT_KEYS"]
@@ -207,7 +207,7 @@ class MattingInferTask(BasicInferTask):
             stats = infer_volume(data["image_path"], network, MattingInferer(max_internal_size=settings["max_internal_size"]),
                                  {output: path}, channels=settings["in_channels"],
                                  intensity_range=settings["intensity_range"], slice_batch_pixels=self.slice_batch_pixels,
-                                 mask_threshold=threshold, device=device)
+                                 mask_threshold=threshold, device=device, should_stop=client_gone)
         except ValueError as e:
             os.remove(path)
             raise UnsupportedStudyImageError(str(e).replace(str(data["image_path"]), "image")) from None
