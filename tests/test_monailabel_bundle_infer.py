@@ -1,4 +1,5 @@
-"""The bundle served by MONAI Label's generic ``BundleInferTask`` (configs/monailabel_inference.yaml).
+"""The bundle served by MONAI Label's generic ``BundleInferTask`` as the ``monaibundle`` app creates it
+(MONAI Label's default settings: ``configs/inference.yaml``'s ``pre_transforms``, ``inferer``, ``post_transforms``).
 
 MONAI Label's own class runs the shipped ``models/model.pt`` on one PNG; the label it writes is compared
 with the alpha matte of the bundle's own prediction path (``load_trained_network`` + ``MattingInferer``).
@@ -102,25 +103,26 @@ def bundle_prediction(study_png):
 
 @pytest.fixture(scope="module")
 def bundle_task(label_imports):
-    """MONAI Label's ``BundleInferTask`` on this bundle with :class:`MattingBundleConstants`."""
+    """MONAI Label's ``BundleInferTask`` on this bundle with MONAI Label's default settings."""
     from monailabel.tasks.infer.bundle import BundleInferTask
 
-    from scripts.workflows.bundle_infer_constants import MattingBundleConstants
-
-    task = BundleInferTask(str(BUNDLE_ROOT), {}, const=MattingBundleConstants())
+    task = BundleInferTask(str(BUNDLE_ROOT), {})
     assert task.is_valid(), "BundleInferTask did not accept the bundle (see its log)"
     return task
 
 
-def test_default_constants_read_the_batch_config(label_imports):
-    """Without the constants MONAI Label reads configs/inference.yaml: the reason they exist."""
+def test_the_default_settings_read_the_bundles_inference_config(label_imports):
+    """The ``monaibundle`` app passes no settings: MONAI Label reads configs/inference.yaml, whose generic-task
+    keys run the batch workflow's image pipeline."""
+    from monai.bundle import ConfigParser
     from monailabel.tasks.infer.bundle import BundleConstants
 
-    from scripts.workflows.bundle_infer_constants import LABEL_SERVING_CONFIG, MattingBundleConstants
-
     assert "inference.yaml" in BundleConstants().configs()
-    assert MattingBundleConstants().configs() == [LABEL_SERVING_CONFIG]
-    assert (BUNDLE_ROOT / "configs" / LABEL_SERVING_CONFIG).is_file()
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.yaml"))
+    shared = parser["preprocessing"]["transform"]["transform"]["transforms"]
+    assert shared == "@image_transforms" and "image_transforms" in parser["pre_transforms"]
+    assert parser["post_transforms"][0]["_target_"] == "scripts.workflows.label_serving.MattingLabeld"
 
 
 def test_bundle_infer_task_returns_the_bundles_alpha(bundle_task, study_png, bundle_prediction):
@@ -172,7 +174,7 @@ def test_request_options_are_never_read_as_config(bundle_task, study_png, tmp_pa
 
 
 def test_config_transforms_do_not_need_monailabel():
-    """configs/monailabel_inference.yaml imports label_serving: it must not pull MONAI Label's extra imports."""
+    """configs/inference.yaml imports label_serving: it must not pull MONAI Label's extra imports."""
     import ast
 
     from scripts.workflows import label_serving

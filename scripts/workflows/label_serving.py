@@ -1,11 +1,12 @@
-"""Transforms for the bundle as MONAI Label's generic bundle task serves it (``configs/monailabel_inference.yaml``).
+"""Transforms for the bundle as MONAI Label's generic bundle task serves it (``configs/inference.yaml``'s
+``pre_transforms`` / ``post_transforms``).
 
 MONAI Label's ``BundleInferTask`` (what its ``monaibundle`` sample app uses for model-zoo bundles)
 runs its own loop: it instantiates ``network_def``, loads ``models/model.pt`` into it, applies the
 config's pre-transforms to one image, calls ``inferer(image, network)``, applies the post-transforms
-and writes ``pred`` to a file itself. ``configs/monailabel_inference.yaml`` gives it the bundle in that
-form (transform lists, the inferer of ``configs/inference.yaml``, no dataset, evaluator or file
-writer); this module holds the two transforms that form needs and no library provides:
+and writes ``pred`` to a file itself. ``configs/inference.yaml`` gives it the bundle in that form
+(its image pipeline as a list, its inferer, no dataset, evaluator or file writer); this module holds
+the two transforms that form needs and no library provides:
 
 - :class:`LabelGeometryd`: records the array order and size MONAI Label writes ``pred`` with
   (its writer and its ``Restored`` step work in MONAI's (x, y) order; the bundle reads raster images
@@ -19,7 +20,7 @@ into the bundle config and parses it again, so a value such as ``"$..."`` or ``"
 read as config syntax.
 
 The module does not import ``monailabel`` (whose task module needs scikit-image, shapely and
-torchvision); ``scripts.workflows.bundle_infer_constants`` points ``BundleInferTask`` at the config.
+torchvision): the batch workflow imports it too.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class MattingLabeld(MapTransform):
             if not isinstance(out, Mapping) or "alpha" not in out or "uncertainty" not in out:
                 raise ValueError(
                     f"{key!r} holds {type(out).__name__}, not the inferer's dict with 'alpha' and 'uncertainty' "
-                    "(configs/monailabel_inference.yaml's inferer must be MattingInferer)")
+                    "(configs/inference.yaml's inferer must be MattingInferer)")
             alpha, uncertainty = _as_tensor(out["alpha"]), _as_tensor(out["uncertainty"])
             if map_type == "mask":
                 label = (alpha >= threshold).to(torch.uint8)
