@@ -6,13 +6,14 @@ Fixtures are used by name; the plain helpers (``free_port``, ``wait_until_servin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,39 @@ def wait_until_serving(proc: subprocess.Popen, url: str, timeout_s: float, log_t
         if time.time() > deadline:
             pytest.fail(f"{name} did not answer {url} within {timeout_s} s:\n{log_tail()}")
         time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def tiny_app_server(bundle: Path, studies: Path, root: Path, network: Mapping[str, Any],
+                    tmp: Path | None = None) -> Iterator[dict[str, Any]]:
+    """``monailabel start_server`` on 127.0.0.1 with the bundle copy ``bundle``'s app, an untrained network
+    of the app's ``network_overrides`` ``network`` and ``studies``; yields ``url``, ``port``, ``proc``, ``tail`` (the log's end), ``log_path``.
+    ``tmp`` becomes the server's ``TMPDIR`` (uploads and results land there). Stopped on exit."""
+    from tools.processes import stop_process
+
+    port = free_port()
+    log_path = root / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
+           "PYTHONUNBUFFERED": "1", **({"TMPDIR": str(tmp)} if tmp is not None else {})}
+    env.pop("MONAI_LABEL_AUTH_ENABLE", None)
+    env.pop("MEDICAL_MATTING_CONFIG_SNAPSHOT", None)
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "monailabel_app"),
+           "--studies", str(studies), "--conf", "models", "medical_matting", "--conf", "allow_untrained", "true",
+           "--conf", "network_overrides", json.dumps(dict(network)), "--host", "127.0.0.1", "--port", str(port)]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def tail() -> str:
+        log.flush()
+        return log_path.read_text(errors="replace")[-4000:]
+
+    try:
+        wait_until_serving(proc, f"{url}/info/", 180, tail, "MONAI Label server")
+        yield {"url": url, "port": port, "proc": proc, "tail": tail, "log_path": log_path}
+    finally:
+        stop_process(proc)
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -16,25 +16,21 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tools.processes import stop_process
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
 requests = pytest.importorskip("requests")
 from PIL import Image  # noqa: E402
 
-from conftest import BUNDLE_ROOT, free_port, smooth_image, wait_until_serving, write_png_bomb  # noqa: E402
+from conftest import BUNDLE_ROOT, smooth_image, tiny_app_server, write_png_bomb  # noqa: E402
 
 TINY = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters": [4, 8, 8],
         "network_def#implicit_hidden": 8, "network_def#norm": None, "num_samples": 2}
@@ -66,30 +62,8 @@ def server(tmp_path_factory):
     nib.save(nib.Nifti1Image(np.repeat(plane[:, :, None], DEEP[2], axis=2), np.eye(4)), str(studies / "deep.nii.gz"))
     nib.save(nib.Nifti1Image(np.repeat(plane[::2, ::2, None], 5, axis=2), np.eye(4)), str(studies / "mid.nii.gz"))
     (root / "tmp").mkdir()
-    port = free_port()
-    log_path = root / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-           "PYTHONUNBUFFERED": "1", "TMPDIR": str(root / "tmp")}
-    env.pop("MONAI_LABEL_AUTH_ENABLE", None)
-    env.pop("MEDICAL_MATTING_CONFIG_SNAPSHOT", None)
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "monailabel_app"),
-           "--studies", str(studies), "--conf", "models", "medical_matting", "--conf", "allow_untrained", "true",
-           "--conf", "network_overrides", json.dumps(TINY), "--host", "127.0.0.1", "--port", str(port)]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def tail() -> str:
-        log.flush()
-        return log_path.read_text(errors="replace")[-4000:]
-
-    try:
-        wait_until_serving(proc, f"{url}/info/", 180, tail, "MONAI Label server")
-        yield {"url": url, "port": port, "studies": studies, "proc": proc, "tail": tail, "tmp": root / "tmp",
-               "log_path": log_path}
-    finally:
-        stop_process(proc)
-        log.close()
+    with tiny_app_server(bundle, studies, root, TINY, tmp=root / "tmp") as running:
+        yield {**running, "studies": studies, "tmp": root / "tmp"}
 
 
 def _infer(server, image: str = "", files=None, timeout: float = 60):

@@ -20,18 +20,14 @@ import concurrent.futures
 import gzip
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tools.processes import stop_process
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
 requests = pytest.importorskip("requests")
@@ -39,7 +35,7 @@ nib = pytest.importorskip("nibabel")
 psutil = pytest.importorskip("psutil")
 from PIL import Image  # noqa: E402
 
-from conftest import BUNDLE_ROOT, TINY_APP_NETWORK, free_port, smooth_image, wait_until_serving  # noqa: E402
+from conftest import BUNDLE_ROOT, TINY_APP_NETWORK, smooth_image, tiny_app_server  # noqa: E402
 
 TINY = {**TINY_APP_NETWORK, "network_def#norm": "INSTANCE"}
 #: the served copy's max_internal_size: larger outputs are decoded in bands of rows, larger work takes the large slot
@@ -80,29 +76,8 @@ def server(tmp_path_factory):
         small = np.clip(smooth_image(64, 64).astype(np.float32) / 255.0 + rng.normal(0, 0.05, (64, 64)), 0, 1)
         nib.save(nib.Nifti1Image(small.astype(np.float32), np.eye(4)), str(studies / f"small{i}.nii.gz"))
     Image.fromarray(smooth_image(64, 64)).save(studies / "tiny.png")
-    port = free_port()
-    log_path = root / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-           "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
-    env.pop("MONAI_LABEL_AUTH_ENABLE", None)
-    env.pop("MEDICAL_MATTING_CONFIG_SNAPSHOT", None)
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "monailabel_app"),
-           "--studies", str(studies), "--conf", "models", "medical_matting", "--conf", "allow_untrained", "true",
-           "--conf", "network_overrides", json.dumps(TINY), "--host", "127.0.0.1", "--port", str(port)]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=str(bundle), stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def tail() -> str:
-        log.flush()
-        return log_path.read_text(errors="replace")[-4000:]
-
-    try:
-        wait_until_serving(proc, f"{url}/info/", 180, tail, "MONAI Label server")
-        yield {"url": url, "studies": studies, "tmp": tmp, "proc": proc, "tail": tail, "root": root}
-    finally:
-        stop_process(proc)
-        log.close()
+    with tiny_app_server(bundle, studies, root, TINY, tmp=tmp) as running:
+        yield {**running, "studies": studies, "tmp": tmp, "root": root}
 
 
 def _infer(server, image: str = "", files=None, output: str = "image", params=None, timeout: float = 300):
