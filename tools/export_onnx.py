@@ -1,8 +1,7 @@
 """``python -m tools.export_onnx``: the trained network as an ONNX model that takes any image size.
 
-The network is built from the checkpoint's own arguments (``torch.load(weights_only=True)``,
-``MedicalMattingNet.checkpoint_config``) and exported with ``torch.onnx.export(..., dynamo=True)``
-with dynamic height and width (``torch.export.Dim.DYNAMIC``): one image ``image`` (1, C, H, W),
+The network is built from the checkpoint's own arguments (``load_trained_network``, as inference
+does) and exported with ``torch.onnx.export(..., dynamo=True)`` with dynamic height and width (``torch.export.Dim.DYNAMIC``): one image ``image`` (1, C, H, W),
 float32 in [0, 1], gives the alpha matte ``alpha`` (1, 1, H, W), test-time flips included. Eval-mode
 prior samples use the network's fixed noise buffer, so the ONNX model is deterministic and gives the
 eager network's matte. ``--check`` runs the file with onnxruntime at 128 x 128, 200 x 176 and
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from scripts.networks import MedicalMattingNet
+from scripts.workflows.inference import load_trained_network
 
 #: image sizes the export is checked at (a square, a non-square, a larger one)
 CHECK_SIZES = ((128, 128), (200, 176), (384, 384))
@@ -34,13 +34,7 @@ CHECK_SIZES = ((128, 128), (200, 176), (384, 384))
 
 def load_network(ckpt_path: str | os.PathLike) -> MedicalMattingNet:
     """The eval-mode network of a ``model.pt`` that carries its arguments (``_extra_state``)."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    args = MedicalMattingNet.checkpoint_config(state)
-    if args is None:
-        raise ValueError(f"{ckpt_path}: not a model.pt of this bundle (no network arguments in _extra_state)")
-    network = MedicalMattingNet(**args)
-    network.load_state_dict(state)
-    return network.eval()
+    return load_trained_network(ckpt_path).eval()
 
 
 def export_onnx(network: MedicalMattingNet, filepath: str | os.PathLike, example_size: Sequence[int] = (128, 128)) -> Path:

@@ -129,17 +129,14 @@ def log_network_model(client: Any, run_id: str, model_path: str | os.PathLike, n
     from mlflow.types import Schema, TensorSpec
 
     from scripts.networks import MedicalMattingNet
+    from scripts.workflows.inference import load_trained_network
 
     path = os.fspath(model_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MLflow model: the trained weights {path} do not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    args = MedicalMattingNet.checkpoint_config(state)
-    if args is None:
-        raise ValueError(f"MLflow model: {path} does not carry the network's arguments (_extra_state)")
-    network = MedicalMattingNet(**args)
-    network.load_state_dict(state)
-    scripted = torch.jit.script(network.eval())
+    network = load_trained_network(path).eval()  # refuses weights without the network's arguments
+    args = MedicalMattingNet.checkpoint_config(network.state_dict())
+    scripted = torch.jit.script(network)
     channels = int(args.get("in_channels", 1))
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]))
