@@ -50,5 +50,5 @@ def test_onnx_model_takes_any_size_and_matches_eager(tmp_path):
 
 def test_load_network_refuses_a_state_dict_without_arguments(tmp_path):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="other.pt: not a model.pt of this bundle"):
+    with pytest.raises(ValueError, match="other.pt does not say which network it belongs to"):
         load_network(tmp_path / "other.pt")
