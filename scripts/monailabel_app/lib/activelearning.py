@@ -213,24 +213,22 @@ def install_activelearning_guards(app_instance: Callable[[], Any]) -> None:
     from monailabel.endpoints import activelearning as al_ep
     from monailabel.endpoints import scoring as scoring_ep
 
-    def check_strategy(a: Dict[str, Any]) -> None:
-        app = app_instance()
-        strategy = a.get("strategy")
-        task = app._strategies.get(strategy) if isinstance(strategy, str) else None
-        if task is None:
-            raise UnknownTaskError(f"unknown strategy {str(strategy)[:64]!r}; available: {sorted(app._strategies)}")
-        if hasattr(task, "check_options"):
-            task.check_options(a.get("params") or {})
+    def checker(registry: str, argument: str, what: str) -> Callable[[Dict[str, Any]], None]:
+        """The check of one route: the named task exists in the app's ``registry``, its options are valid."""
 
-    def check_method(a: Dict[str, Any]) -> None:
-        app = app_instance()
-        method = a.get("method")
-        task = app._scoring_methods.get(method) if isinstance(method, str) else None
-        if task is None:
-            raise UnknownTaskError(f"unknown scoring method {str(method)[:64]!r}; available: {sorted(app._scoring_methods)}")
-        if hasattr(task, "check_options"):
-            task.check_options(a.get("params") or {})
+        def check(a: Dict[str, Any]) -> None:
+            tasks = getattr(app_instance(), registry)
+            name = a.get(argument)
+            task = tasks.get(name) if isinstance(name, str) else None
+            if task is None:
+                raise UnknownTaskError(f"unknown {what} {str(name)[:64]!r}; available: {sorted(tasks)}")
+            if hasattr(task, "check_options"):
+                task.check_options(a.get("params") or {})
 
+        return check
+
+    check_strategy = checker("_strategies", "strategy", "strategy")
+    check_method = checker("_scoring_methods", "method", "scoring method")
     for module, name, check in ((al_ep, "sample", check_strategy), (scoring_ep, "run_method", check_method)):
         _wrap(module, name, check)
         guarded = getattr(module, name)
