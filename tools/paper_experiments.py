@@ -84,6 +84,9 @@ TABLES = {
     "recipe": ("Recipe ablation: each change of the default recipe undone",
                "A default recipe (`configs/train.yaml`; each row names the one it changes) with one of its "
                "departures from the paper undone."),
+    "decoders": ("Table 2's decoders on the quick recipe, 3 training seeds",
+                 "The quick recipe (`configs/recipes/quick.yaml`, today's default) with its decoder changed "
+                 "(`--upsampling`), each decoder over training seeds 0, 1 and 2 on the same folds."),
     "paper_recipe": ("The paper's recipe, as its authors most likely ran it",
                      "The paper's section 3.1 settings (`configs/recipes/brain_growth_paper.yaml`) plus the "
                      "normalisation of the Medical Matting code base it builds on."),
@@ -159,6 +162,10 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
                overrides=(*BATCH_4, *LR_5E4, *HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"),
                reference="half_width"),
+    *(Experiment(f"decoder_{upsampling}_seed{seed}", "decoders", f"{label}, training seed {seed}", recipe="quick",
+                 overrides=("--upsampling", upsampling, "--seed", str(seed)))
+      for upsampling, label in (("bilinear", "bilinear"), ("local_ensemble", "local ensemble (LIIF)"))
+      for seed in (0, 1, 2)),
     Experiment("paper_bn", "paper_recipe", "paper recipe + batch normalisation", recipe="paper_bn",
                note="configs/recipes/brain_growth_paper_bn.yaml"),
     Experiment("paper_mm_code", "paper_recipe", "Medical Matting code configuration", recipe="paper_mm_code",
