@@ -90,3 +90,24 @@ def test_an_evaluation_of_retrained_models_is_stale(tmp_path):
     assert stale_evaluation(exp, entry, tmp_path, 2)
     assert stale_evaluation(exp, {}, tmp_path, 2)  # recorded before digests existed
     assert not stale_evaluation(train_only, {}, tmp_path, 2)  # trained rows are not evaluations
+
+
+def test_decoder_table_compares_each_seed_and_the_seed_means(tmp_path):
+    reference = {"recipes": {"ours": {**_run(0.40), "train_seed": 0}, "ours_seed1": {**_run(0.42), "train_seed": 1},
+                             "paper": _run(0.9, recipe="paper")}}
+    results = {"experiments": {"decoder_bilinear_seed0": _run(0.44, recipe="quick"),
+                               "decoder_bilinear_seed1": _run(0.42, recipe="quick")}}
+    path = tmp_path / "report.md"
+    write_report(results, reference, path)
+    lines = path.read_text().splitlines()
+    row = next(line for line in lines if "(`decoder_bilinear_seed0`)" in line)
+    assert "0.4400 +/- 0.0100" in row and "+10.0 % (vs seed 0)" in row
+    row = next(line for line in lines if "(`decoder_bilinear_seed1`)" in line)
+    assert "+0.0 % (vs seed 1)" in row
+    # mean and population std of the seed means (0.44, 0.42), against the default's seed means (0.40, 0.42)
+    row = next(line for line in lines if line.startswith("| **bilinear, 2 seeds"))
+    assert "**0.4300 +/- 0.0100**" in row and "+4.9 %" in row and "1200 s" in row
+    row = next(line for line in lines if line.startswith("| **region-aware (the default), 2 seeds"))
+    assert "**0.4100 +/- 0.0100**" in row
+    assert "(`decoder_bilinear_seed2`) | not run |" in "\n".join(lines)
+    assert "(`decoder_local_ensemble_seed0`) | not run |" in "\n".join(lines)

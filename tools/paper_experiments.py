@@ -55,6 +55,7 @@ from PIL import Image
 from scripts import BUNDLE_ROOT
 from scripts.atomic import write_text_atomic
 from scripts.digest import sha256_file
+from scripts.handlers.metric_tables import summarize_values
 from tools.crossval import DEFAULT_CONFIG_FILES, aggregate_crossval
 from tools.processes import bundle_env
 from tools.provenance import git_commit, library_versions, load_average, machine_info
@@ -326,6 +327,49 @@ def _reference_rows(ref: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _seed_mean_row(label: str, seed_runs: list[dict[str, Any]], ref_sad: float | None) -> str:
+    """One bold row: mean +/- std over seeds of the runs' fold means, and the SAD against ``ref_sad``."""
+    stats = {c: summarize_values(r["mean"].get(c) for r in seed_runs) for c in COLUMNS}
+    sad = stats["sad_unknown"]["mean"] if stats["sad_unknown"]["n"] else None
+    return (f"| **{label}, {len(seed_runs)} seeds (mean +/- std of the seed means)** | "
+            + " | ".join(f"**{fmt(s['mean'], s['std'])}**" if s["n"] else "" for s in stats.values())
+            + f" | {_delta(sad, ref_sad)} | {sum(r['total_seconds'] for r in seed_runs):.0f} s |")
+
+
+def _decoder_rows(runs: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """The decoders table: the region-aware default's seeds (brain_growth_cv.json), then each decoder's
+    seeds, each seed compared with the default's run of the same training seed."""
+    default_runs = {r.get("train_seed", 0): r for r in reference.get("recipes", {}).values() if r.get("recipe") == "ours"}
+    rows = [f"| region-aware (the default), training seed {seed} (`{str(r.get('commit', '?'))[:12]}`) | "
+            + " | ".join(fmt(r["mean"].get(c), r["std"].get(c)) for c in COLUMNS) + f" | 0 | {r['total_seconds']:.0f} s |"
+            for seed, r in sorted(default_runs.items())]
+    ref_sad = None
+    if len(default_runs) > 1:
+        ref_runs = [default_runs[s] for s in sorted(default_runs)]
+        ref_sad = summarize_values(r["mean"].get("sad_unknown") for r in ref_runs)["mean"]
+        rows.append(_seed_mean_row("region-aware (the default)", ref_runs, None))
+    groups: dict[str, list[tuple[Experiment, int]]] = {}
+    for exp in EXPERIMENTS:
+        if exp.table == "decoders":
+            decoder, seed = exp.name.rsplit("_seed", 1)
+            groups.setdefault(decoder, []).append((exp, int(seed)))
+    for decoder, members in groups.items():
+        done = []
+        for exp, seed in members:
+            run = runs.get(exp.name)
+            if run is None:
+                rows.append(f"| {exp.label} (`{exp.name}`) | not run |" + " |" * (len(COLUMNS) + 1))
+                continue
+            done.append(run)
+            same_seed = default_runs.get(seed, {}).get("mean", {}).get("sad_unknown")
+            rows.append(f"| {exp.label} (`{exp.name}`) | " + " | ".join(fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
+                        + f" | {_delta(run['mean'].get('sad_unknown'), same_seed)} (vs seed {seed}) | {run['total_seconds']:.0f} s"
+                        + _resumed_note(run) + " |")
+        if len(done) > 1:
+            rows.append(_seed_mean_row(members[0][0].label.split(",")[0], done, ref_sad))
+    return rows
+
+
 def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path) -> None:
     """``docs/results/paper_experiments.md`` from the recorded runs and their reference runs."""
     refs = _reference_runs(results, reference)
@@ -342,6 +386,9 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
     ref_sad = (refs["default"]["seed0"] or {}).get("mean", {}).get("sad_unknown")
     for table, (heading, what) in TABLES.items():
         exps = [e for e in EXPERIMENTS if e.table == table]
+        if table == "decoders":
+            lines += [f"## {heading}", "", what, "", head, rule, *_decoder_rows(runs, reference), ""]
+            continue
         used = [n for n in refs if any(e.reference == n for e in exps)]
         ref_rows = [row for n in used for row in _reference_rows(refs[n])]
         lines += [f"## {heading}", "", what, "", head, rule, *ref_rows]
