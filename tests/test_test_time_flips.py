@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scripts.networks import MedicalMattingNet
-from scripts.networks.test_time_flips import predict_with_flips
+from scripts.networks.test_time_flips import flip_views, merge_views, unflip_view
 from scripts.networks.uncertainty import binary_entropy_uncertainty, uncertainty_map
 
 
@@ -41,13 +41,18 @@ def test_the_constructor_setting_is_the_default_of_predict_and_forward(make_net)
 
 
 def test_flip_equivariant_model_is_unchanged_by_flips():
-    def predict_view(image, output_size=None, num_samples=None):  # exactly flip-equivariant
+    def predict_view(image):  # exactly flip-equivariant
         probs = image.repeat(1, 2, 1, 1)
         return {"alpha": image, "uncertainty": binary_entropy_uncertainty(probs), "sample_probs": probs}
 
     image = torch.rand(1, 1, 8, 8)
-    out = predict_with_flips(predict_view, image, "hv")
+    views = [unflip_view(predict_view(image.flip(dims) if dims else image), dims) for dims in flip_views("hv")]
+    out = merge_views(views, image)
     assert torch.allclose(out["alpha"], image)
+    assert torch.allclose(out["uncertainty"], binary_entropy_uncertainty(image.repeat(1, 8, 1, 1)))
+    # on another output grid the views' own maps are averaged (the samples stay on the input grid)
+    out = merge_views(views, image, [16, 16])
+    assert torch.allclose(out["uncertainty"], views[0]["uncertainty"])
 
 
 def test_output_size_and_bad_option(make_net):

@@ -8,7 +8,7 @@ The inference path (``forward``, ``predict``, test-time flips included) scripts 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ from scripts.networks.blocks import DEFAULT_ACT
 from scripts.networks.implicit_upsampler import resize_rows
 from scripts.networks.matting_unet import MattingUNet
 from scripts.networks.prob_unet import ProbabilisticUNet, reparameterise
-from scripts.networks.test_time_flips import FLIP_SETS, flip_views, merge_views, unflip_view
+from scripts.networks.test_time_flips import FLIP_SETS, flip_views, merge_uncertainty, merge_views, unflip_view
 from scripts.networks.uncertainty import UNCERTAINTY_MAPS, uncertainty_map
 
 __all__ = ["MedicalMattingNet", "PREDICTION_KEYS", "CheckpointMismatchError", "prior_noise"]
@@ -299,16 +299,24 @@ class MedicalMattingNet(nn.Module):
             if len(output_size) != 2 or min(output_size) < 1:
                 raise ValueError(f"output_size must be two positive ints (H', W'), got {output_size}")
             size = [int(output_size[0]), int(output_size[1])]
+        features, sample_probs, uncertainty = self._prior_view(image, num_samples)
+        alpha = self.matting_unet(image, self._matting_latent(features), uncertainty, size)
+        if alpha.shape[-2:] != uncertainty.shape[-2:]:
+            uncertainty = F.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
+        return {"alpha": alpha, "uncertainty": uncertainty.clamp(0.0, 1.0), "sample_probs": sample_probs}
+
+    def _prior_view(
+        self, image: torch.Tensor, num_samples: Optional[int] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Prob. U-Net's part of one view: its features (B, F, H, W), the N prior-sample
+        probabilities (B, N, H, W) and their uncertainty map (B, 1, H, W), N = ``num_samples``
+        (default: the constructor's). Shared by :meth:`predict` and :meth:`predict_in_rows`."""
         n = self.num_samples if num_samples is None else int(num_samples)
         if n < 1:
             raise ValueError(f"num_samples must be >= 1, got {n}")
         features = self.prob_unet.features(image)
         sample_probs = self._prior_samples(image, features, n)
-        uncertainty = uncertainty_map(sample_probs, self.uncertainty)
-        alpha = self.matting_unet(image, self._matting_latent(features), uncertainty, size)
-        if alpha.shape[-2:] != uncertainty.shape[-2:]:
-            uncertainty = F.interpolate(uncertainty, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
-        return {"alpha": alpha, "uncertainty": uncertainty.clamp(0.0, 1.0), "sample_probs": sample_probs}
+        return features, sample_probs, uncertainty_map(sample_probs, self.uncertainty)
 
     @torch.jit.ignore
     def predict_in_rows(
@@ -341,9 +349,6 @@ class MedicalMattingNet(nn.Module):
         size = [int(output_size[0]), int(output_size[1])]
         if not self.matting_unet.decodes_in_rows():
             return self.predict(image, size, num_samples, flips)
-        n = self.num_samples if num_samples is None else int(num_samples)
-        if n < 1:
-            raise ValueError(f"num_samples must be >= 1, got {n}")
         rows = max(1, int(band_pixels) // size[1])
         views = flip_views(self.test_time_flips if flips is None else flips)
         batch = image.shape[0]
@@ -354,9 +359,7 @@ class MedicalMattingNet(nn.Module):
             uncertainties: List[torch.Tensor] = []
             for dims in views:
                 view = image.flip(dims) if len(dims) > 0 else image
-                features = self.prob_unet.features(view)
-                sample_probs = self._prior_samples(view, features, n)
-                uncertainty = uncertainty_map(sample_probs, self.uncertainty)
+                features, sample_probs, uncertainty = self._prior_view(view, num_samples)
                 decoded = self.matting_unet.decode_in_rows(
                     view, self._matting_latent(features), uncertainty, size, rows, out=buffer
                 )
@@ -367,11 +370,8 @@ class MedicalMattingNet(nn.Module):
             if len(views) > 1:
                 alpha /= len(views)
             sample_probs = torch.cat(samples, dim=1)
-            same_grid = size == [image.shape[-2], image.shape[-1]]
-            if len(views) == 1 or same_grid:
-                uncertainty = uncertainty_map(sample_probs, self.uncertainty)
-            else:  # as merge_views: the views' maps averaged (bilinear resizing is linear)
-                uncertainty = torch.stack(uncertainties).mean(0)
+            # merge_views' rule, on the input grid (bilinear resizing is linear: resized below)
+            uncertainty = merge_uncertainty(uncertainties, sample_probs, image, size, self.uncertainty)
             full = image.new_empty([batch, 1] + size)
             for r0 in range(0, size[0], rows):
                 r1 = min(size[0], r0 + rows)

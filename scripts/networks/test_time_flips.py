@@ -16,13 +16,13 @@ scripted / exported model (``torch.jit.script(MedicalMattingNet)``) applies the 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from scripts.networks.uncertainty import uncertainty_map
 
-__all__ = ["FLIP_SETS", "flip_views", "merge_views", "predict_with_flips", "unflip_view"]
+__all__ = ["FLIP_SETS", "flip_views", "merge_uncertainty", "merge_views", "unflip_view"]
 
 
 def flip_views(flips: str) -> List[List[int]]:
@@ -60,47 +60,23 @@ def merge_views(
     the uncertainty is the map ``uncertainty_kind`` (``scripts.networks.uncertainty``) of all samples."""
     sample_probs = torch.cat([v["sample_probs"] for v in views], dim=1)
     alpha = torch.stack([v["alpha"] for v in views]).mean(0)
-    same_grid = output_size is None
-    if output_size is not None:
-        same_grid = [int(output_size[0]), int(output_size[1])] == [image.shape[-2], image.shape[-1]]
-    if same_grid:
-        uncertainty = uncertainty_map(sample_probs, uncertainty_kind)
-    else:  # samples live on the input grid: average the views' uncertainty maps at the output grid
-        uncertainty = torch.stack([v["uncertainty"] for v in views]).mean(0)
+    uncertainty = merge_uncertainty([v["uncertainty"] for v in views], sample_probs, image, output_size, uncertainty_kind)
     return {"alpha": alpha, "uncertainty": uncertainty, "sample_probs": sample_probs}
 
 
-def predict_with_flips(
-    predict_view: Callable[..., Dict[str, torch.Tensor]],
+def merge_uncertainty(
+    uncertainties: List[torch.Tensor],
+    sample_probs: torch.Tensor,
     image: torch.Tensor,
-    flips: str = "hv",
-    output_size: Optional[Sequence[int]] = None,
-    num_samples: Optional[int] = None,
+    output_size: Optional[List[int]] = None,
     uncertainty_kind: str = "entropy",
-) -> Dict[str, torch.Tensor]:
-    """A single-view prediction averaged over flipped views of ``image``.
-
-    Args:
-        predict_view: ``predict_view(image, output_size, num_samples)`` returning ``alpha``,
-            ``uncertainty`` and ``sample_probs`` of one view (``MedicalMattingNet._predict_view``).
-        image: (B, C, H, W).
-        flips: ``"none"`` (one view), ``"h"`` (identity + horizontal) or ``"hv"`` (the four flips).
-        output_size: grid of ``alpha`` and ``uncertainty`` (default: the input's).
-        num_samples: prior samples per view (``None``: the network's default).
-
-    Returns:
-        the same keys as one view: ``alpha``, ``uncertainty`` (B, 1, H', W') and ``sample_probs``
-        (B, V*N, H, W) for V views.
-
-    Example::
-
-        out = net.eval().predict(image, flips="hv")   # MedicalMattingNet.predict calls this
-    """
-    views = flip_views(flips)
-    if len(views) == 1:
-        return predict_view(image, output_size, num_samples)
-    outs = [
-        unflip_view(predict_view(image.flip(dims) if dims else image, output_size, num_samples), dims)
-        for dims in views
-    ]
-    return merge_views(outs, image, None if output_size is None else list(output_size), uncertainty_kind)
+) -> torch.Tensor:
+    """The uncertainty of merged views: the map ``uncertainty_kind`` of all samples (B, V*N, H, W)
+    when one view or the output is on the input grid, else the mean of the views' maps (B, 1, H', W')
+    (the samples live on the input grid)."""
+    same_grid = output_size is None
+    if output_size is not None:
+        same_grid = [int(output_size[0]), int(output_size[1])] == [image.shape[-2], image.shape[-1]]
+    if same_grid or len(uncertainties) == 1:
+        return uncertainty_map(sample_probs, uncertainty_kind)
+    return torch.stack(uncertainties).mean(0)
