@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dicom_writer import write_ct_series
 
 nib = pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
@@ -17,35 +18,9 @@ ROW_DIR, COL_DIR = np.array([0.0, 1.0, 0.0]), np.array([-1.0, 0.0, 0.0])
 SPACING, SLICE_STEP, ORIGIN = (0.5, 0.8), 2.5, np.array([10.0, 20.0, 30.0])
 
 
-def _write_series(folder: Path, volume: np.ndarray, slope: float = 1.0, intercept: float = 0.0, series=None,
-                  prefix: str = "im") -> None:
-    """``volume`` (Z, rows, columns) of uint16 or int16, one CT file per slice written in reverse order."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series = series or generate_uid()
-    normal = np.cross(ROW_DIR, COL_DIR)
-    for z in range(volume.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, "1.2.3", "1.2.3.4"
-        ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "anon", z + 1
-        ds.ImagePositionPatient = [float(v) for v in ORIGIN + SLICE_STEP * z * normal]
-        ds.ImageOrientationPatient = [float(v) for v in (*ROW_DIR, *COL_DIR)]
-        ds.PixelSpacing, ds.SliceThickness = list(SPACING), SLICE_STEP
-        ds.Rows, ds.Columns = volume.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        signed = volume.dtype == np.int16
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = np.ascontiguousarray(volume[z]).tobytes()
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(folder / f"{prefix}{volume.shape[0] - z:03d}.dcm", write_like_original=False)
+def _write_series(folder: Path, volume: np.ndarray, **kwargs) -> None:
+    """The oblique series of this module (ROW_DIR, COL_DIR, SPACING, SLICE_STEP, ORIGIN)."""
+    write_ct_series(folder, volume, ROW_DIR, COL_DIR, SPACING, SLICE_STEP, ORIGIN, **kwargs)
 
 
 def _world_ras(row: int, col: int, z: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from dicom_writer import write_ct_series
 
 from scripts.data.case_import import ImportOptions
 from scripts.data.datalist import load_datalist
@@ -210,42 +211,16 @@ def test_masks_on_another_voxel_grid_than_the_image_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _write_dicom_series(folder: Path, volume: np.ndarray) -> None:
-    """A CT series of ``volume`` (Z, rows, columns) int16, one file per slice, written with pydicom."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    series, study, frame = generate_uid(), generate_uid(), generate_uid()
-    for z in range(volume.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
-        ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "anon", z + 1
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * z], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.0
-        ds.Rows, ds.Columns = volume.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.ascontiguousarray(volume[z], dtype=np.int16).tobytes()
-        ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.save_as(folder / f"slice{z:03d}.dcm", write_like_original=False)
-
-
 def test_dicom_series_written_with_pydicom(tmp_path):
     rng = np.random.default_rng(3)
     volume = rng.integers(-1000, 1500, (5, 12, 10)).astype(np.int16)  # (Z, rows, columns)
     for c in range(2):
         case = tmp_path / "src" / f"pat{c}"
-        _write_dicom_series(case / "ct", volume + c)
+        write_ct_series(case / "ct", volume + c)
         for k in range(2):
             seg = np.zeros_like(volume)
             seg[2, 3:7, 4:8 + k] = 1
-            _write_dicom_series(case / f"seg{k}", seg)
+            write_ct_series(case / f"seg{k}", seg)
     out = import_dataset("folder", tmp_path / "src", tmp_path / "out", folds=2, image_pattern="ct",
                          mask_pattern="seg*")
     dl, items = _dataset(out)
@@ -261,7 +236,7 @@ def test_dicom_series_written_with_pydicom(tmp_path):
     single = tmp_path / "single" / "c0"
     single.mkdir(parents=True)
     for name, series, z in (("image.dcm", "ct", 2), ("task01_seg1.dcm", "seg0", 2), ("task01_seg2.dcm", "seg1", 2)):
-        shutil.copy(tmp_path / "src" / "pat0" / series / f"slice{z:03d}.dcm", single / name)
+        shutil.copy(tmp_path / "src" / "pat0" / series / f"im{volume.shape[0] - z:03d}.dcm", single / name)
     shutil.copytree(single, tmp_path / "single" / "c1")
     out = import_dataset("folder", tmp_path / "single", tmp_path / "out_single", folds=2)
     _, items = _dataset(out)

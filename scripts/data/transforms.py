@@ -192,6 +192,20 @@ def scale_intensity_to_unit(
     return np.zeros_like(values), f"constant image ({lo:g})"
 
 
+def _item_name(d: Mapping[Hashable, Any], key: Hashable) -> str:
+    """What errors call the item's ``key``: its source file, else its case name, else the key."""
+    meta = getattr(d[key], "meta", None) or {}
+    return str(meta.get("filename_or_obj") or d.get("case") or key)
+
+
+def _like_input(value: Any, array: Any) -> Any:
+    """``array`` in the container of ``value``: a MetaTensor keeps its metadata, a tensor its device, else as is."""
+    if not isinstance(value, torch.Tensor):
+        return array
+    out = torch.as_tensor(array, device=value.device)
+    return type(value)(out, meta=value.meta) if hasattr(value, "meta") else out
+
+
 class ScaleIntensityToUnitd(MapTransform):
     """:func:`scale_intensity_to_unit` on dictionary keys; errors name the file (``filename_or_obj``).
 
@@ -226,14 +240,8 @@ class ScaleIntensityToUnitd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
-            meta = getattr(value, "meta", None) or {}
-            name = str(meta.get("filename_or_obj") or d.get("case") or key)
-            scaled, how = scale_intensity_to_unit(value, self.intensity_range, name)
-            if isinstance(value, torch.Tensor):
-                out = torch.as_tensor(scaled, device=value.device)
-                d[key] = type(value)(out, meta=value.meta) if hasattr(value, "meta") else out
-            else:
-                d[key] = scaled
+            scaled, how = scale_intensity_to_unit(value, self.intensity_range, _item_name(d, key))
+            d[key] = _like_input(value, scaled)
             if self.store_scaling:
                 d[f"{key}_scaling"] = how
         return d
@@ -260,16 +268,9 @@ class MatchChannelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
-            meta = getattr(value, "meta", None) or {}
-            name = str(meta.get("filename_or_obj") or d.get("case") or key)
             array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            matched = np.ascontiguousarray(match_channels(array, self.channels, name), dtype=np.float32)
-            if hasattr(value, "meta"):
-                d[key] = type(value)(torch.as_tensor(matched, device=value.device), meta=value.meta)
-            elif isinstance(value, torch.Tensor):
-                d[key] = torch.as_tensor(matched, device=value.device)
-            else:
-                d[key] = matched
+            matched = np.ascontiguousarray(match_channels(array, self.channels, _item_name(d, key)), dtype=np.float32)
+            d[key] = _like_input(value, matched)
         return d
 
 
