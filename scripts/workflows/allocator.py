@@ -6,7 +6,7 @@ batch 4, 128 x 128). glibc serves allocations above its mmap threshold with fres
 and unmaps them on ``free``, so every iteration pays the kernel's page faults (and page zeroing)
 again for memory it just gave back. Serving every allocation from the heap (``M_MMAP_MAX = 0``)
 and never trimming it (a large ``M_TRIM_THRESHOLD``) removes that cost: measured 0.88x step time
-(docs/benchmarks.md, section "Issue 14, continued"). The process then keeps the memory of its peak
+(docs/benchmarks.md, "Levers tried", commit 8320396). The process then keeps the memory of its peak
 until it exits (the peak itself was not re-measured).
 
 Hand-written because neither PyTorch nor MONAI exposes the C library's allocator settings; the
