@@ -395,11 +395,11 @@ def save_inference_figure(
     """
     from matplotlib.figure import Figure  # imported when drawing: configs import this module
 
-    from scripts.handlers.fold_figure import _CMAPS, _as_map, as_image, save_figure
+    from scripts.handlers.fold_figure import MAP_COLORMAPS, as_map, as_image, save_figure
 
     panels = [("image", as_image(image, f"{title}: image"), None),
-              ("alpha", _as_map(alpha, f"{title}: alpha"), _CMAPS["alpha"]),
-              ("uncertainty", _as_map(uncertainty, f"{title}: uncertainty"), _CMAPS["uncertainty"])]
+              ("alpha", as_map(alpha, f"{title}: alpha"), MAP_COLORMAPS["alpha"]),
+              ("uncertainty", as_map(uncertainty, f"{title}: uncertainty"), MAP_COLORMAPS["uncertainty"])]
     fig = Figure(figsize=(7.5, 2.9), layout="constrained")
     for ax, (name, data, cmap) in zip(fig.subplots(1, 3), panels):
         style = dict(cmap=cmap, vmin=0.0, vmax=1.0) if cmap else (dict(cmap="gray", vmin=0.0, vmax=1.0) if data.ndim == 2 else {})

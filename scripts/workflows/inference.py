@@ -13,17 +13,14 @@ around the pieces defined here, which no library provides:
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
 - :func:`check_output_dir`: refuses an output folder inside the input folder;
 - :func:`prepare_output_dir`: a new, empty or previous run's output folder (its outputs replaced);
-- :class:`RouteVolumesd`: NIfTI volumes skip the 2-D pipeline; the evaluator infers them slice by
-  slice (``scripts.workflows.volumes.infer_volume``);
 - :func:`run_inference`: the command line's run, ending in one line naming each failed file;
-- :class:`CatchFailuresd` and :func:`collate_with_failures`: a file that fails (unreadable, too
-  large, wrong shape, NaN, unwritable) becomes a recorded failure instead of aborting the folder
-  (``scripts.handlers.inference_summary.InferenceSummary`` reports them and sets the exit code);
 - :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size)
   on a grid of at most ``max_internal_size`` pixels, decoding large outputs in bands of rows
   (``network.predict_in_rows``): the inferer of evaluation, CLI inference and the MONAI Label app alike;
 - :class:`MattingInferenceEvaluator`: a ``SupervisedEvaluator`` whose iteration keeps both the
-  alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``.
+  alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``, recording
+  the failures of ``scripts.workflows.failures`` (a file that fails becomes a recorded failure
+  instead of aborting the folder) and inferring NIfTI volumes slice by slice.
 """
 
 from __future__ import annotations
@@ -45,6 +42,7 @@ from monai.transforms import MapTransform
 from monai.utils import CommonKeys
 
 from scripts.handlers.prediction_writer import case_name_from_path
+from scripts.workflows.failures import FAILURE_KEY, FAILURES_KEY, VOLUMES_KEY, failure_reason, first_line
 from scripts.networks import MedicalMattingNet
 
 __all__ = [
@@ -234,7 +232,7 @@ def read_state_dict(ckpt_path: Union[str, os.PathLike], map_location: Any = "cpu
     try:
         checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, empty, pickled code...
-        raise ValueError(f"checkpoint {path} cannot be read as weights: {_first_line(e)}") from e
+        raise ValueError(f"checkpoint {path} cannot be read as weights: {first_line(e)}") from e
     if isinstance(checkpoint, Mapping):
         for key in CHECKPOINT_KEYS:
             if isinstance(checkpoint.get(key), Mapping):
@@ -243,11 +241,6 @@ def read_state_dict(ckpt_path: Union[str, os.PathLike], map_location: Any = "cpu
     if not isinstance(checkpoint, Mapping) or not any(torch.is_tensor(v) for v in checkpoint.values()):
         raise ValueError(f"checkpoint {path}: no network state dict (bare, or under one of {list(CHECKPOINT_KEYS)})")
     return dict(checkpoint)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__ + " (empty or truncated file)"
 
 
 def _fallback_network(
@@ -325,7 +318,7 @@ def load_trained_network(
         network = MedicalMattingNet(**dict(config, **prediction))
         network.load_state_dict(state, strict=True)
     except (TypeError, RuntimeError, ValueError) as e:
-        raise ValueError(f"checkpoint {ckpt_path}: {_first_line(e)}") from e
+        raise ValueError(f"checkpoint {ckpt_path}: {first_line(e)}") from e
     return network
 
 
@@ -365,111 +358,6 @@ class EnsureImage2Dd(MapTransform):
                 )
             d[key] = img
         return d
-
-
-#: key of a data item (or batch) that could not be processed: the one-line reason
-FAILURE_KEY = "failure"
-#: batch key listing the items of a batch that failed before collation (:func:`collate_with_failures`)
-FAILURES_KEY = "failures"
-
-
-def failure_reason(error: BaseException) -> str:
-    """One line saying why: the innermost cause's message (MONAI wraps transform errors in
-    ``RuntimeError("applying transform ...")``), with its type."""
-    while error.__cause__ is not None and error.__cause__ is not error:
-        error = error.__cause__
-    return _first_line(error) if isinstance(error, (ValueError, TypeError, OSError)) else (
-        f"{type(error).__name__}: {_first_line(error)}")
-
-
-def _source_file(item: Mapping[Hashable, Any]) -> str:
-    image = item.get(CommonKeys.IMAGE)
-    meta = getattr(image, "meta", None)
-    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
-        name = meta["filename_or_obj"]
-        return str(name[0] if isinstance(name, (list, tuple)) else name)
-    return str(image) if isinstance(image, (str, os.PathLike)) else str(item.get("case", "?"))
-
-
-class CatchFailuresd:
-    """Run ``transform`` on a data item; an exception becomes a recorded failure instead of an abort.
-
-    A failed item is ``{"case", "image": <the input's file>, "failure": <one-line reason>}``; an
-    item that already failed passes through untouched, so the same wrapper serves the
-    pre-processing (unreadable, truncated, too large, wrong shape, NaN...) and the
-    post-processing (a file that cannot be written). :func:`collate_with_failures` keeps failed
-    items out of the network's batch and ``MattingInferenceEvaluator`` reports them
-    (``scripts.handlers.inference_summary.InferenceSummary`` writes them to a summary file).
-
-    Args:
-        transform: the wrapped transform (e.g. ``Compose([...])``).
-
-    Example::
-
-        Dataset(datalist, transform=CatchFailuresd(preprocessing))
-    """
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        if FAILURE_KEY in data:
-            return dict(data)
-        try:
-            return self.transform(data)
-        except Exception as e:  # one bad file must not abort the others
-            source = _source_file(data)
-            reason = failure_reason(e)
-            if os.path.basename(source) not in reason:  # decoder errors do not say which file they read
-                reason = f"{source}: {reason}"
-            return {"case": data.get("case"), CommonKeys.IMAGE: source, FAILURE_KEY: reason}
-
-
-#: key of a data item that is a NIfTI volume, inferred slice by slice (:class:`RouteVolumesd`)
-VOLUME_KEY = "volume"
-#: batch key listing the volumes of a batch (:func:`collate_with_failures`)
-VOLUMES_KEY = "volumes"
-
-
-class RouteVolumesd:
-    """Send NIfTI volumes past the 2-D pipeline: a volume item is checked from its header and kept as a
-    path (``{"case", "image", "volume": True}``), for :func:`scripts.workflows.volumes.infer_volume`
-    to read slice by slice; every other item goes through ``transform``.
-
-    Args:
-        transform: the 2-D image pipeline (``Compose([...])``).
-        max_pixels: most pixels of a slice (``scripts.data.image_limits.check_image_header``).
-        max_voxels: most voxels of a volume, every dimension counted.
-    """
-
-    def __init__(self, transform: Any, max_pixels: Optional[int] = None, max_voxels: Optional[int] = None) -> None:
-        self.transform = transform
-        self.max_pixels = max_pixels
-        self.max_voxels = max_voxels
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        from scripts.data import image_limits
-        from scripts.workflows.volumes import is_volume, volume_shape
-
-        path = data.get(CommonKeys.IMAGE)
-        if isinstance(path, (str, os.PathLike)) and is_volume(path):
-            image_limits.check_image_header(path, self.max_pixels or image_limits.MAX_IMAGE_PIXELS,
-                                            self.max_voxels or image_limits.MAX_IMAGE_VOXELS)
-            volume_shape(path)  # one 3-D volume, or a one-line refusal naming the file
-            return {"case": data.get("case"), CommonKeys.IMAGE: str(path), VOLUME_KEY: True}
-        return self.transform(data)
-
-
-def collate_with_failures(items: Sequence[Mapping[Hashable, Any]]) -> Dict[Hashable, Any]:
-    """``list_data_collate`` of the items that loaded, plus ``"failures"``: the items that did not, and
-    ``"volumes"``: the volumes (:class:`RouteVolumesd`), inferred slice by slice by the evaluator."""
-    from monai.data import list_data_collate
-
-    good = [item for item in items if FAILURE_KEY not in item and VOLUME_KEY not in item]
-    batch: Dict[Hashable, Any] = dict(list_data_collate(good)) if good else {}
-    batch[FAILURES_KEY] = [dict(item) for item in items if FAILURE_KEY in item]
-    batch[VOLUMES_KEY] = [dict(item) for item in items if VOLUME_KEY in item and FAILURE_KEY not in item]
-    return batch
 
 
 def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[tuple]:
@@ -597,9 +485,9 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
     ``MattingPredictionWriter``) attach as usual. All ``SupervisedEvaluator`` arguments apply;
     ``inferer`` must return a dict with ``alpha`` and ``uncertainty`` (default :class:`MattingInferer`).
 
-    A batch's items that failed to load (``"failures"``, :func:`collate_with_failures`) and a batch
-    whose inference raises are recorded in ``engine.state.inference_failures`` instead of stopping
-    the run; the batch then has no output. A batch's NIfTI volumes (``"volumes"``) are inferred slice
+    A batch's items that failed to load (``"failures"``, ``scripts.workflows.failures.collate_with_failures``)
+    and a batch whose inference raises are recorded in ``engine.state.inference_failures`` instead
+    of stopping the run; the batch then has no output. A batch's NIfTI volumes (``"volumes"``) are inferred slice
     by slice (:func:`scripts.workflows.volumes.infer_volume`) into ``<volume_output_dir>/<case>_alpha.nii.gz``
     and ``<case>_uncertainty.nii.gz`` and recorded in ``engine.state.inference_volumes``.
 
