@@ -39,6 +39,7 @@ from monai.transforms import MapTransform
 from PIL import Image
 
 from scripts.atomic import atomic_write
+from scripts.image_formats import NIFTI_SUFFIXES
 
 __all__ = [
     "MattingPredictionWriter",
@@ -96,7 +97,7 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def _is_nifti(path: Optional[Union[str, os.PathLike]]) -> bool:
-    return path is not None and str(path).lower().endswith((".nii", ".nii.gz"))
+    return path is not None and str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def save_map(

@@ -42,11 +42,11 @@ from monai.transforms import MapTransform
 from monai.utils import CommonKeys
 
 from scripts.handlers.prediction_writer import case_name_from_path
+from scripts.image_formats import CLI_IMAGE_SUFFIXES
 from scripts.workflows.failures import FAILURE_KEY, FAILURES_KEY, VOLUMES_KEY, failure_reason, first_line
 from scripts.networks import MedicalMattingNet
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "CHECKPOINT_KEYS",
     "list_input_images",
     "read_state_dict",
@@ -57,13 +57,6 @@ __all__ = [
     "run_matting_inferer",
     "MattingInferenceEvaluator",
 ]
-
-#: file name endings read as images in an input folder (lower case); other files are skipped
-IMAGE_SUFFIXES = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
-    ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd",
-)  # fmt: skip
-
 
 def _none_if_null(value: Any) -> Any:
     """``None`` for ``None`` and the command-line spellings ``"null"`` / ``"none"`` (fire passes them as text)."""
@@ -80,7 +73,7 @@ def _null_setting(value: Any) -> Any:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(CLI_IMAGE_SUFFIXES)
 
 
 #: names of the files an inference run writes in its output folder (a re-run replaces them)
@@ -145,8 +138,8 @@ def list_input_images(
 
     A DICOM series is a folder of ``.dcm`` files (``input_path`` itself, or a sub-folder of
     ``input_path``), case name the folder's name. A folder is read non-recursively; files whose
-    name does not end in one of :data:`IMAGE_SUFFIXES`, sub-folders with such a name
-    (``dir.png/``) and images not matching ``pattern`` are skipped with a warning naming them
+    name does not end in one of ``scripts.image_formats.CLI_IMAGE_SUFFIXES``, sub-folders with such
+    a name (``dir.png/``) and images not matching ``pattern`` are skipped with a warning naming them
     (hidden files silently). The case name is the file name without its extension; two images
     with the same case name (``a.png`` and ``a.nii.gz``) are an error because their outputs
     would overwrite each other.
@@ -178,8 +171,8 @@ def list_input_images(
     if path.is_dir() and is_dicom_series(path):
         return [{CommonKeys.IMAGE: str(path), "case": path.name}]
     if path.is_file():
-        if not path.name.lower().endswith(IMAGE_SUFFIXES):
-            raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(IMAGE_SUFFIXES)})")
+        if not path.name.lower().endswith(CLI_IMAGE_SUFFIXES):
+            raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(CLI_IMAGE_SUFFIXES)})")
         files = [path]
     else:
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
@@ -187,7 +180,7 @@ def list_input_images(
         files = [p for p in inputs if pattern is None or fnmatch.fnmatch(p.name, pattern)]
         unmatched = [p.name for p in inputs if p not in files]
         skipped = [p.name + ("/ (a folder)" if p.is_dir() else "") for p in entries
-                   if p not in files and p.name not in unmatched and (p.is_file() or p.name.lower().endswith(IMAGE_SUFFIXES))]
+                   if p not in files and p.name not in unmatched and (p.is_file() or p.name.lower().endswith(CLI_IMAGE_SUFFIXES))]
         if skipped:
             warnings.warn(f"{path}: skipping {len(skipped)} entries that are not image files: {', '.join(skipped)}")
         if unmatched:
@@ -195,7 +188,7 @@ def list_input_images(
                           f"{', '.join(unmatched[:5])}{', ...' if len(unmatched) > 5 else ''}")
         if not files:
             raise FileNotFoundError(
-                f"no image found in folder {path} (file name endings read: {', '.join(IMAGE_SUFFIXES)}"
+                f"no image found in folder {path} (file name endings read: {', '.join(CLI_IMAGE_SUFFIXES)}"
                 + (f"; --pattern {pattern!r}" if pattern else "") + ")"
             )
     data, seen = [], {}

@@ -19,6 +19,8 @@ answer says which.
 
 Example:
     >>> import numpy as np
+
+from scripts.image_formats import NIFTI_SUFFIXES, RASTER_SUFFIXES
     >>> unit, how = to_unit_range(np.array([0, 51, 255], np.uint8))
     >>> how
     'uint8 range [0, 255]'
@@ -35,8 +37,6 @@ import numpy as np
 from .errors import UnsupportedStudyImageError
 
 __all__ = [
-    "RASTER_SUFFIXES",
-    "NIFTI_SUFFIXES",
     "image_format",
     "image_reader",
     "to_unit_range",
@@ -44,8 +44,6 @@ __all__ = [
     "write_result",
 ]
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def image_format(path: str) -> str:

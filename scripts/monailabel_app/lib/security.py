@@ -8,7 +8,7 @@ module holds the app's answers to that, used by ``main.py``:
   checked as received, so no encoding (percent, double percent, backslash, NUL, non-ASCII
   look-alikes) can turn them into a path;
 - :func:`upload_suffix` / :func:`check_image_file`: an uploaded image or label has a suffix the app
-  reads (:data:`IMAGE_SUFFIXES`, lower case) and decodes as that format;
+  reads (``scripts.image_formats.APP_IMAGE_SUFFIXES``, lower case) and decodes as that format;
 - :class:`SecureLocalDatastore`: MONAI Label's ``LocalDatastore`` whose every entry point checks
   the above; an id it does not hold -- whatever it looks like -- gets the same answer as any
   unknown id (no oracle for paths);
@@ -51,6 +51,7 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.utils.sessions import Sessions
 
 from scripts.digest import sha256_file
+from scripts.image_formats import APP_IMAGE_SUFFIXES, NIFTI_SUFFIXES, longest_first
 
 from .errors import (
     ConfigChangedError,
@@ -61,11 +62,9 @@ from .errors import (
     StudyImageNotFoundError,
     UnsupportedStudyImageError,
 )
-from .imaging import NIFTI_SUFFIXES, RASTER_SUFFIXES
 
 __all__ = [
     "PLAIN_NAME",
-    "IMAGE_SUFFIXES",
     "is_plain_name",
     "check_name",
     "unknown_image",
@@ -94,7 +93,7 @@ logger = logging.getLogger(__name__)
 #: an id, tag or session id: ASCII letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: suffixes of the files the app reads (longest first, so ``.nii.gz`` wins over ``.nii``)
-IMAGE_SUFFIXES = tuple(sorted({*NIFTI_SUFFIXES, *RASTER_SUFFIXES}, key=len, reverse=True))
+APP_SUFFIXES_LONGEST_FIRST = longest_first(APP_IMAGE_SUFFIXES)
 
 
 # ---------------------------------------------------------------------------------- names
@@ -123,13 +122,13 @@ def unknown_image(image_id: Any) -> StudyImageNotFoundError:
 
 
 def upload_suffix(filename: Any, what: str = "upload") -> str:
-    """The image suffix of an uploaded file name (:data:`IMAGE_SUFFIXES`), else a 415."""
+    """The image suffix of an uploaded file name (:data:`APP_SUFFIXES_LONGEST_FIRST`), else a 415."""
     name = os.path.basename(str(filename or "")).replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in APP_SUFFIXES_LONGEST_FIRST:
         if name.endswith(suffix) and len(name) > len(suffix):
             return suffix
     raise UnsupportedStudyImageError(
-        f"{what} {_shown(filename)}: only image files are accepted ({', '.join(IMAGE_SUFFIXES)}, lower case)")
+        f"{what} {_shown(filename)}: only image files are accepted ({', '.join(APP_SUFFIXES_LONGEST_FIRST)}, lower case)")
 
 
 def check_study_image(path: Union[str, os.PathLike], max_pixels: Optional[int] = None, what: str = "image"):
@@ -388,7 +387,7 @@ class SecureLocalDatastore(LocalDatastore):
     """
 
     def __init__(self, datastore_path: str, **kwargs: Any) -> None:
-        kwargs.setdefault("extensions", [f"*{s}" for s in IMAGE_SUFFIXES])
+        kwargs.setdefault("extensions", [f"*{s}" for s in APP_SUFFIXES_LONGEST_FIRST])
         super().__init__(datastore_path, **kwargs)
         self._root = os.path.realpath(datastore_path)
 
