@@ -30,7 +30,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Hashable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,8 @@ from monai.utils import CommonKeys
 
 from scripts.handlers.prediction_writer import case_name_from_path
 from scripts.image_formats import CLI_IMAGE_SUFFIXES
+from scripts.networks.test_time_flips import FLIP_SETS
+from scripts.workflows.config_values import none_if_null, null_setting
 from scripts.workflows.failures import FAILURE_KEY, FAILURES_KEY, VOLUMES_KEY, failure_reason, first_line
 from scripts.networks import MedicalMattingNet
 
@@ -57,20 +59,6 @@ __all__ = [
     "run_matting_inferer",
     "MattingInferenceEvaluator",
 ]
-
-def _none_if_null(value: Any) -> Any:
-    """``None`` for ``None`` and the command-line spellings ``"null"`` / ``"none"`` (fire passes them as text)."""
-    if isinstance(value, str) and value.strip().lower() in ("null", "none", ""):
-        return None
-    return value
-
-
-def _null_setting(value: Any) -> Any:
-    """``None`` for ``None`` and the text ``"null"`` (``"none"`` is a value of ``test_time_flips``)."""
-    if isinstance(value, str) and value.strip().lower() in ("null", ""):
-        return None
-    return value
-
 
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(CLI_IMAGE_SUFFIXES)
@@ -117,7 +105,7 @@ def check_output_dir(input_path: Union[str, os.PathLike], output_dir: Optional[U
     Raises:
         ValueError: one line naming both folders.
     """
-    if _none_if_null(output_dir) is None or _none_if_null(input_path) is None:
+    if none_if_null(output_dir) is None or none_if_null(input_path) is None:
         return
     folder = Path(input_path).expanduser().resolve()
     if not folder.is_dir():
@@ -159,9 +147,9 @@ def list_input_images(
 
         list_input_images("images/")  # [{"image": "images/case01.png", "case": "case01"}, ...]
     """
-    if _none_if_null(input_path) is None:
+    if none_if_null(input_path) is None:
         raise ValueError("no input given: set the input image or folder with --input_path PATH")
-    pattern = _none_if_null(pattern)
+    pattern = none_if_null(pattern)
     path = Path(input_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: {path}")
@@ -288,11 +276,11 @@ def load_trained_network(
     """
     from scripts.networks import PREDICTION_KEYS
 
-    prediction = {k: v for k, v in dict(prediction or {}).items() if _null_setting(v) is not None}
+    prediction = {k: v for k, v in dict(prediction or {}).items() if null_setting(v) is not None}
     unknown = sorted(set(prediction) - set(PREDICTION_KEYS))
     if unknown:
         raise ValueError(f"prediction settings {unknown} are not prediction settings; allowed: {list(PREDICTION_KEYS)}")
-    if _none_if_null(ckpt_path) is None or not Path(ckpt_path).is_file():
+    if none_if_null(ckpt_path) is None or not Path(ckpt_path).is_file():
         if not allow_untrained:
             read_state_dict(ckpt_path or "<no checkpoint given>")  # raises FileNotFoundError naming the path
         if fallback_config is None:
@@ -353,8 +341,7 @@ class EnsureImage2Dd(MapTransform):
         return d
 
 
-def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[tuple]:
-    size = _none_if_null(size)
+def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[Tuple[int, int]]:
     if size is None:
         return None
     if (
@@ -388,6 +375,12 @@ class MattingInferer(Inferer):
             (``MedicalMattingNet.predict_in_rows``), so memory does not grow with the output size
             beyond the two result maps.
 
+    The arguments are typed values: the configs turn command-line text such as ``"null"`` into them
+    (``scripts.workflows.config_values``).
+
+    Raises:
+        ValueError: one line naming the argument that is not of its type or range.
+
     Example::
 
         inferer = MattingInferer(output_size=(256, 256))
@@ -399,18 +392,21 @@ class MattingInferer(Inferer):
         output_size: Optional[Sequence[int]] = None,
         input_size: Optional[Sequence[int]] = None,
         num_samples: Optional[int] = None,
-        flips: Optional[str] = None,
+        flips: Optional[Literal["none", "h", "hv"]] = None,
         max_internal_size: Optional[int] = DEFAULT_MAX_INTERNAL_SIZE,
         band_pixels: int = 1 << 18,
     ) -> None:
         super().__init__()
         self.output_size = _check_size(output_size, "output_size")
         self.input_size = _check_size(input_size, "input_size")
-        self.num_samples = _none_if_null(num_samples)
-        self.flips = _null_setting(flips)
-        limit = _none_if_null(max_internal_size)
-        if isinstance(limit, str) and limit.strip().isdigit():
-            limit = int(limit)
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                        or num_samples < 1):
+            raise ValueError(f"num_samples must be null or a positive integer, got {num_samples!r}")
+        self.num_samples = num_samples
+        if flips is not None and flips not in FLIP_SETS:
+            raise ValueError(f"flips must be null or one of {sorted(FLIP_SETS)}, got {flips!r}")
+        self.flips = flips
+        limit = max_internal_size
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 16):
             raise ValueError(f"max_internal_size must be null or an integer >= 16 (pixels), got {max_internal_size!r}")
         self.max_internal_size = limit
@@ -513,10 +509,10 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
         if kwargs.get("inferer") is None:
             kwargs["inferer"] = MattingInferer()
         super().__init__(*args, **kwargs)
-        self.volume_output_dir = _none_if_null(volume_output_dir)
+        self.volume_output_dir = none_if_null(volume_output_dir)
         self.volume_axis = int(volume_axis)
-        self.slice_batch_pixels = int(_none_if_null(slice_batch_pixels) or DEFAULT_SLICE_BATCH_PIXELS)
-        self.intensity_range = _none_if_null(intensity_range)
+        self.slice_batch_pixels = int(none_if_null(slice_batch_pixels) or DEFAULT_SLICE_BATCH_PIXELS)
+        self.intensity_range = none_if_null(intensity_range)
         self.progress = str(progress).strip().lower() in ("true", "1", "yes", "on")
 
     def infer_volumes(self, volumes: Sequence[Mapping[Hashable, Any]], failures: List[Dict[str, Any]]) -> None:
