@@ -19,8 +19,6 @@ answer says which.
 
 Example:
     >>> import numpy as np
-
-from scripts.image_formats import NIFTI_SUFFIXES, RASTER_SUFFIXES
     >>> unit, how = to_unit_range(np.array([0, 51, 255], np.uint8))
     >>> how
     'uint8 range [0, 255]'
@@ -33,6 +31,8 @@ import tempfile
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from scripts.image_formats import NIFTI_SUFFIXES, RASTER_SUFFIXES
 
 from .errors import UnsupportedStudyImageError
 
