@@ -28,7 +28,7 @@ def test_each_entry_point_reads_its_share_of_the_one_table(tmp_path):
 
 def test_the_app_accepts_its_suffixes_longest_first():
     from scripts.monailabel_app.lib.errors import UnsupportedStudyImageError
-    from scripts.monailabel_app.lib.security import upload_suffix
+    from scripts.monailabel_app.lib.names import upload_suffix
 
     assert upload_suffix("scan.nii.gz") == ".nii.gz"
     assert upload_suffix("photo.tiff") == ".tiff"
