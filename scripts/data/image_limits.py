@@ -55,7 +55,6 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_IMAGE_VOXELS = 512 * 512 * 512
 
 
-
 class ImageTooLargeError(ValueError):
     """The header says the image is larger than the bundle reads (HTTP 413 in the app)."""
 
