@@ -238,8 +238,27 @@ def test_matting_inferer_sizes():
     assert seen == {"input": (1, 1, 8, 8), "output_size": (20, 28)}
     MattingInferer(input_size=[8, 8])(torch.zeros(1, 1, 10, 14), Recorder())
     assert seen == {"input": (1, 1, 8, 8), "output_size": (10, 14)}
-    MattingInferer(output_size="null", input_size="None")(torch.zeros(1, 1, 10, 14), Recorder())  # CLI spellings
-    assert seen == {"input": (1, 1, 10, 14), "output_size": (10, 14)}
-    for bad in ([0, 5], [4.5, 4], "48", [48]):
+    for bad in ([0, 5], [4.5, 4], "48", [48], "null"):  # command-line text is the config's to convert
         with pytest.raises(ValueError, match="output_size"):
             MattingInferer(output_size=bad)
+    for bad in ({"num_samples": 0}, {"num_samples": "4"}, {"flips": "v"}, {"flips": "null"}, {"max_internal_size": "512"}):
+        with pytest.raises(ValueError, match=rf"^{next(iter(bad))} must be null or .*, got {next(iter(bad.values()))!r}$"):
+            MattingInferer(**bad)
+
+
+def test_the_inference_config_turns_command_line_text_into_the_inferers_typed_values():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.yaml"))
+    # what fire passes for --output_size null --input_size none --max_internal_size null / "256"
+    parser.update({"output_size": "null", "input_size": "None", "max_internal_size": "null"})
+    inferer = parser.get_parsed_content("inferer", instantiate=True)
+    assert (inferer.output_size, inferer.input_size, inferer.max_internal_size) == (None, None, None)
+    parser.update({"output_size": [48, 40], "max_internal_size": "256"})
+    inferer = parser.get_parsed_content("inferer", instantiate=True, lazy=False)
+    assert (inferer.output_size, inferer.max_internal_size) == ((48, 40), 256)
+    parser.update({"max_internal_size": "8"})
+    with pytest.raises(RuntimeError) as refused:
+        parser.get_parsed_content("inferer", instantiate=True, lazy=False)
+    assert "max_internal_size must be null or an integer >= 16 (pixels), got 8" in str(refused.value.__cause__)

@@ -52,7 +52,7 @@ BAD_IDS = [
 
 @pytest.mark.parametrize("value", GOOD_IDS)
 def test_plain_names_are_accepted(value):
-    from scripts.monailabel_app.lib.security import check_name, is_plain_name
+    from scripts.monailabel_app.lib.names import check_name, is_plain_name
 
     assert is_plain_name(value) and check_name(value, "image id") == value
 
@@ -60,7 +60,7 @@ def test_plain_names_are_accepted(value):
 @pytest.mark.parametrize("value", BAD_IDS)
 def test_anything_else_is_refused(value):
     from scripts.monailabel_app.lib.errors import InvalidRequestError
-    from scripts.monailabel_app.lib.security import check_name, is_plain_name
+    from scripts.monailabel_app.lib.names import check_name, is_plain_name
 
     assert not is_plain_name(value)
     with pytest.raises(InvalidRequestError) as e:
@@ -70,7 +70,8 @@ def test_anything_else_is_refused(value):
 
 def test_upload_suffixes_bind_hosts_and_json_options():
     from scripts.monailabel_app.lib.errors import InvalidRequestError, UnsupportedStudyImageError
-    from scripts.monailabel_app.lib.security import bind_host, check_bind_host, parse_json_object, upload_suffix
+    from scripts.monailabel_app.lib.names import bind_host, check_bind_host, upload_suffix
+    from scripts.monailabel_app.lib.request_guards import parse_json_object
 
     assert upload_suffix("a.nii.gz") == ".nii.gz" and upload_suffix("dir/a.b.png") == ".png"
     for name in ("x.yaml", "x.json", "x.py", "x.png.yaml", ".png", "x.PNG", "x", "", None, "x.nii.gz.py"):
@@ -101,7 +102,7 @@ def test_upload_suffixes_bind_hosts_and_json_options():
 
 def test_config_snapshot_refuses_changed_configs(tmp_path):
     from scripts.monailabel_app.lib.errors import ConfigChangedError
-    from scripts.monailabel_app.lib.security import ConfigSnapshot
+    from scripts.monailabel_app.lib.config_snapshot import ConfigSnapshot
 
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)

@@ -50,6 +50,7 @@ from os import PathLike
 from pathlib import Path
 
 from scripts.data.errors import DatasetSourceError, DatasetValidationError
+from scripts.image_formats import IMPORTER_IMAGE_SUFFIXES, longest_first
 
 __all__ = ["CaseFiles", "DEFAULT_IMAGE_PATTERN", "DEFAULT_MASK_PATTERN", "SPLITS", "folder_cases",
            "manifest_cases", "read_test_cases"]
@@ -135,7 +136,7 @@ def _paths(base: Path, cell: str) -> list[Path]:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"):
+    for suffix in longest_first(IMPORTER_IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem

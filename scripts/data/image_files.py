@@ -37,15 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from scripts.data.errors import DatasetSourceError, DatasetValidationError
+from scripts.image_formats import IMAGE_FORMATS, IMPORTER_IMAGE_SUFFIXES, longest_first
 
-__all__ = ["LoadedArray", "DEFAULT_MASK_THRESHOLD", "IMAGE_SUFFIXES", "file_kind", "read_array", "image_to_uint8",
+__all__ = ["LoadedArray", "DEFAULT_MASK_THRESHOLD", "IMPORTER_FILE_KINDS", "file_kind", "read_array", "image_to_uint8",
            "mask_to_binary", "alpha_to_uint8", "same_affine"]
 
 #: threshold of lossy (JPEG) masks on the 0..255 scale: foreground where ``value >= 128``
 DEFAULT_MASK_THRESHOLD = 128
-#: file name endings read, by kind
-IMAGE_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".png": "pil", ".jpg": "pil", ".jpeg": "pil",
-                  ".tif": "pil", ".tiff": "pil", ".bmp": "pil", ".dcm": "dicom"}
+#: reader kind of each image format the importer reads
+_KIND_OF_FORMAT = {"raster": "pil", "nifti": "nifti", "dicom": "dicom"}
+#: file name endings the importer reads (``scripts.image_formats``) -> reader kind
+IMPORTER_FILE_KINDS = {suffix: _KIND_OF_FORMAT[IMAGE_FORMATS[suffix][0]] for suffix in IMPORTER_IMAGE_SUFFIXES}
 _LOSSY = (".jpg", ".jpeg")
 _READERS = {"nifti": "NibabelReader", "pil": "PILReader", "dicom": "PydicomReader"}
 
@@ -80,9 +82,9 @@ def file_kind(path: str | PathLike) -> str | None:
     if path.is_dir():
         return "dicom"
     name = path.name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+    for suffix in longest_first(IMPORTER_FILE_KINDS):
         if name.endswith(suffix):
-            return IMAGE_SUFFIXES[suffix]
+            return IMPORTER_FILE_KINDS[suffix]
     return None
 
 
@@ -122,7 +124,7 @@ def read_array(path: str | PathLike) -> LoadedArray:
         raise DatasetSourceError(f"{path}: file not found")
     kind = file_kind(path)
     if kind is None:
-        raise DatasetSourceError(f"{path}: unknown file type; expected one of {sorted(IMAGE_SUFFIXES)} "
+        raise DatasetSourceError(f"{path}: unknown file type; expected one of {sorted(IMPORTER_FILE_KINDS)} "
                                  "or a DICOM series folder")
     if kind != "dicom":  # the header first: no reader decodes an image larger than the bundle reads
         from scripts.data.image_limits import check_image_header

@@ -34,6 +34,8 @@ from typing import Any, Dict, Hashable, Mapping, Optional, Tuple, Union
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from scripts.image_formats import ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
+
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "MAX_IMAGE_VOXELS",
@@ -51,10 +53,6 @@ __all__ = [
 MAX_IMAGE_PIXELS = 8192 * 8192
 #: most voxels of a volume: 512 x 512 x 512
 MAX_IMAGE_VOXELS = 512 * 512 * 512
-
-_RASTER = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_NIFTI = (".nii", ".nii.gz")
-_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class ImageTooLargeError(ValueError):
@@ -91,7 +89,7 @@ class ImageHeader:
 
 def _suffix(path: str) -> str:
     name = os.path.basename(path).lower()
-    for suffix in (*_NIFTI[::-1], *_RASTER, *_ITK):
+    for suffix in (*NIFTI_SUFFIXES[::-1], *RASTER_SUFFIXES, *ITK_SUFFIXES):
         if name.endswith(suffix):
             return suffix
     return os.path.splitext(name)[1]
@@ -116,7 +114,7 @@ def read_image_header(path: Union[str, os.PathLike]) -> ImageHeader:
         raise UnreadableImageError(f"{path}: no such file")
     suffix = _suffix(path)
     try:
-        if suffix in _RASTER:
+        if suffix in RASTER_SUFFIXES:
             from PIL import Image
 
             with warnings.catch_warnings():
@@ -129,13 +127,13 @@ def read_image_header(path: Union[str, os.PathLike]) -> ImageHeader:
                 except Image.DecompressionBombError as e:
                     raise ImageTooLargeError(f"{path}: refused as a decompression bomb ({_first_line(e)})") from None
             return ImageHeader((int(height), int(width)), channels, fmt)
-        if suffix in _NIFTI:
+        if suffix in NIFTI_SUFFIXES:
             import nibabel as nib
 
             img = nib.load(path)  # header only: the data stays on disk
             shape = tuple(int(s) for s in img.shape)  # every dimension: a 4-D series counts all its volumes
             return ImageHeader(shape, 1, "NIfTI")
-        if suffix in _ITK:
+        if suffix in ITK_SUFFIXES:
             import SimpleITK as sitk
 
             reader = sitk.ImageFileReader()

@@ -27,10 +27,11 @@ from ignite.engine import Engine, Events
 
 from scripts.atomic import atomic_write
 
-__all__ = ["FoldFigureHandler", "save_fold_figure", "save_figure", "as_image", "to_numpy"]
+__all__ = ["FoldFigureHandler", "save_fold_figure", "save_figure", "as_image", "as_map", "to_numpy", "MAP_COLORMAPS"]
 
 COLUMNS = ("image", "true alpha", "predicted alpha", "uncertainty", "absolute error")
-_CMAPS = {"alpha": "gray", "uncertainty": "magma", "error": "inferno"}
+#: matplotlib colour map of each kind of map in the figures
+MAP_COLORMAPS = {"alpha": "gray", "uncertainty": "magma", "error": "inferno"}
 _TOL = 1e-4
 
 
@@ -43,7 +44,7 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     return np.asarray(value)
 
 
-def _as_map(value: Any, name: str) -> np.ndarray:
+def as_map(value: Any, name: str) -> np.ndarray:
     """A (H, W) float map in [0, 1] from (H, W), (1, H, W), (1, 1, H, W) arrays or tensors."""
     a = to_numpy(value, name)
     while a.ndim > 2 and a.shape[0] == 1:
@@ -137,9 +138,9 @@ def save_fold_figure(
     for i, row in enumerate(shown):
         label = str(row.get("case", f"row {i}"))
         image = as_image(row.get("image"), f"{label}: image")
-        alpha_true = _as_map(row.get("alpha_true"), f"{label}: alpha_true")
-        alpha_pred = _as_map(row.get("alpha_pred"), f"{label}: alpha_pred")
-        uncertainty = _as_map(row.get("uncertainty"), f"{label}: uncertainty")
+        alpha_true = as_map(row.get("alpha_true"), f"{label}: alpha_true")
+        alpha_pred = as_map(row.get("alpha_pred"), f"{label}: alpha_pred")
+        uncertainty = as_map(row.get("uncertainty"), f"{label}: uncertainty")
         if alpha_true.shape != alpha_pred.shape:
             raise ValueError(
                 f"{label}: alpha_true {alpha_true.shape} and alpha_pred {alpha_pred.shape} must have the same shape"
@@ -155,10 +156,10 @@ def save_fold_figure(
     axes = np.asarray(fig.subplots(n, len(COLUMNS), squeeze=False))
     styles = [
         None,  # image: grey for one channel, RGB as is
-        dict(cmap=_CMAPS["alpha"], vmin=0.0, vmax=1.0),
-        dict(cmap=_CMAPS["alpha"], vmin=0.0, vmax=1.0),
-        dict(cmap=_CMAPS["uncertainty"], vmin=0.0, vmax=1.0),
-        dict(cmap=_CMAPS["error"], vmin=0.0, vmax=1.0),
+        dict(cmap=MAP_COLORMAPS["alpha"], vmin=0.0, vmax=1.0),
+        dict(cmap=MAP_COLORMAPS["alpha"], vmin=0.0, vmax=1.0),
+        dict(cmap=MAP_COLORMAPS["uncertainty"], vmin=0.0, vmax=1.0),
+        dict(cmap=MAP_COLORMAPS["error"], vmin=0.0, vmax=1.0),
     ]
     handles = [None] * len(COLUMNS)
     for r, (label, text, maps) in enumerate(prepared):

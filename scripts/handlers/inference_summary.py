@@ -1,9 +1,9 @@
 """Per-file outcome of inference over a folder: ``OUTPUT_DIR/inference_summary.json``, and a non-zero exit.
 
-One unreadable or wrong-shaped file must not abort the others: ``CatchFailuresd`` and
-``MattingInferenceEvaluator`` (``scripts.workflows.inference``) turn its error into a recorded
-failure; this handler logs each failure (file and reason) when it happens, writes the summary when
-the run completes, and then raises :class:`InferenceFailedError` when any file failed, so
+One unreadable or wrong-shaped file must not abort the others: ``CatchFailuresd``
+(``scripts.workflows.failures``) and ``MattingInferenceEvaluator`` (``scripts.workflows.inference``)
+turn its error into a recorded failure; this handler logs each failure (file and reason) when it
+happens, writes the summary when the run completes, and then raises :class:`InferenceFailedError` when any file failed, so
 ``python -m monai.bundle run inference`` exits non-zero after processing every good file.
 
 Summary file::
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ignite.engine import Engine, Events
+
+from scripts.workflows.failures import FAILURE_KEY, source_file
 
 __all__ = ["InferenceFailedError", "InferenceSummary", "SUMMARY_FILE"]
 
@@ -71,17 +73,13 @@ class InferenceSummary:
         self.records = []
 
     def _record(self, item: Mapping[str, Any], reason: Optional[str]) -> None:
-        from scripts.workflows.inference import _source_file
-
-        record = {"file": _source_file(item), "case": item.get("case"), "status": "failed" if reason else "ok"}
+        record = {"file": source_file(item), "case": item.get("case"), "status": "failed" if reason else "ok"}
         if reason:
             record["reason"] = reason
             self.logger.error(f"inference failed for {record['file']}: {reason}")
         self.records.append(record)
 
     def iteration_completed(self, engine: Engine) -> None:
-        from scripts.workflows.inference import FAILURE_KEY
-
         for item in getattr(engine.state, "inference_failures", None) or []:
             self._record(item, str(item.get(FAILURE_KEY) or "failed"))
         for item in getattr(engine.state, "inference_volumes", None) or []:  # written slice by slice

@@ -39,6 +39,7 @@ from monai.transforms import MapTransform
 from PIL import Image
 
 from scripts.atomic import atomic_write
+from scripts.image_formats import NIFTI_SUFFIXES
 
 __all__ = [
     "MattingPredictionWriter",
@@ -96,7 +97,7 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def _is_nifti(path: Optional[Union[str, os.PathLike]]) -> bool:
-    return path is not None and str(path).lower().endswith((".nii", ".nii.gz"))
+    return path is not None and str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def save_map(
@@ -395,11 +396,11 @@ def save_inference_figure(
     """
     from matplotlib.figure import Figure  # imported when drawing: configs import this module
 
-    from scripts.handlers.fold_figure import _CMAPS, _as_map, as_image, save_figure
+    from scripts.handlers.fold_figure import MAP_COLORMAPS, as_map, as_image, save_figure
 
     panels = [("image", as_image(image, f"{title}: image"), None),
-              ("alpha", _as_map(alpha, f"{title}: alpha"), _CMAPS["alpha"]),
-              ("uncertainty", _as_map(uncertainty, f"{title}: uncertainty"), _CMAPS["uncertainty"])]
+              ("alpha", as_map(alpha, f"{title}: alpha"), MAP_COLORMAPS["alpha"]),
+              ("uncertainty", as_map(uncertainty, f"{title}: uncertainty"), MAP_COLORMAPS["uncertainty"])]
     fig = Figure(figsize=(7.5, 2.9), layout="constrained")
     for ax, (name, data, cmap) in zip(fig.subplots(1, 3), panels):
         style = dict(cmap=cmap, vmin=0.0, vmax=1.0) if cmap else (dict(cmap="gray", vmin=0.0, vmax=1.0) if data.ndim == 2 else {})

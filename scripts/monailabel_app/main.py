@@ -25,8 +25,8 @@ stall other requests; a volume whose client disconnects stops at the next batch 
 its slot. ``POST /batch/infer`` runs only with ``run_sync=true`` (in the slots; 400 otherwise).
 
 Every id, tag, file name and option a request carries is checked before MONAI Label uses it
-(``lib/security.py``): ids and tags are plain names confined to the datastore, uploads are images,
-and nothing a request writes is ever read as configuration. The server refuses to start with the
+(``lib/names.py``, ``lib/datastore.py``, ``lib/request_guards.py``): ids and tags are plain names
+confined to the datastore, uploads are images, and nothing a request writes is ever read as configuration. The server refuses to start with the
 studies folder inside the bundle, or bound to a non-loopback address without authentication.
 """
 
@@ -39,24 +39,14 @@ from pathlib import Path
 from typing import Any, Dict, Mapping
 
 import monailabel
-import lib.security as security
+import lib.slots as slots
 from lib.activelearning import MostUncertain, UncertaintyScoring, install_activelearning_guards, scoring_job_waiting
 from lib.configs.medical_matting import MedicalMatting, conf_flag, default_bundle_root
 from lib.errors import FinalLabelExistsError, MattingAppError, TrainingDisabledError, UnknownTaskError
-from lib.security import (
-    SecureLocalDatastore,
-    SecureSessions,
-    bind_host,
-    check_bind_host,
-    check_name,
-    check_studies_location,
-    configure_slots,
-    http_error,
-    install_request_guards,
-    is_plain_name,
-    trusted_inputs,
-    unknown_image,
-)
+from lib.datastore import SecureLocalDatastore, SecureSessions
+from lib.names import bind_host, check_bind_host, check_name, check_studies_location, is_plain_name, unknown_image
+from lib.request_guards import http_error, install_request_guards, trusted_inputs
+from lib.slots import configure_slots
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
@@ -250,7 +240,7 @@ class MedicalMattingApp(MONAILabelApp):
     def batch_infer(self, request, datastore=None):
         """MONAI Label's batch inference, each image through the inference slots (``SLOTS``), never
         replacing a final label unless ``overwrite_final: true``: images that hold one are skipped and
-        listed with the reason. Only the synchronous route reaches it, from the thread pool (``lib.security``
+        listed with the reason. Only the synchronous route reaches it, from the thread pool (``lib.request_guards``
 refuses background batches: they would run in a subprocess outside the slots)."""
         import torch
 
@@ -270,7 +260,7 @@ refuses background batches: they would run in a subprocess outside the slots).""
             except FinalLabelExistsError as e:
                 skipped[image] = {"skipped": str(e), "label_tag": tag}
                 return {}
-            with security.SLOTS.slot(large=True):  # queued behind interactive requests' slot
+            with slots.SLOTS.slot(large=True):  # queued behind interactive requests' slot
                 return self.infer({**req, "label_tag": tag}, ds)
 
         result = self._batch_infer(request, store, infer_in_slot) if self._batch_infer else {}

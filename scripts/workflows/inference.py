@@ -13,17 +13,14 @@ around the pieces defined here, which no library provides:
 - :class:`EnsureImage2Dd`: checks that each image is 2-D with the network's channel count;
 - :func:`check_output_dir`: refuses an output folder inside the input folder;
 - :func:`prepare_output_dir`: a new, empty or previous run's output folder (its outputs replaced);
-- :class:`RouteVolumesd`: NIfTI volumes skip the 2-D pipeline; the evaluator infers them slice by
-  slice (``scripts.workflows.volumes.infer_volume``);
 - :func:`run_inference`: the command line's run, ending in one line naming each failed file;
-- :class:`CatchFailuresd` and :func:`collate_with_failures`: a file that fails (unreadable, too
-  large, wrong shape, NaN, unwritable) becomes a recorded failure instead of aborting the folder
-  (``scripts.handlers.inference_summary.InferenceSummary`` reports them and sets the exit code);
 - :class:`MattingInferer`: calls ``network.predict`` (prior samples, test-time flips, output size)
   on a grid of at most ``max_internal_size`` pixels, decoding large outputs in bands of rows
   (``network.predict_in_rows``): the inferer of evaluation, CLI inference and the MONAI Label app alike;
 - :class:`MattingInferenceEvaluator`: a ``SupervisedEvaluator`` whose iteration keeps both the
-  alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``.
+  alpha matte (``"pred"``) and the uncertainty map (``"uncertainty"``) of ``predict``, recording
+  the failures of ``scripts.workflows.failures`` (a file that fails becomes a recorded failure
+  instead of aborting the folder) and inferring NIfTI volumes slice by slice.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Hashable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +42,13 @@ from monai.transforms import MapTransform
 from monai.utils import CommonKeys
 
 from scripts.handlers.prediction_writer import case_name_from_path
+from scripts.image_formats import CLI_IMAGE_SUFFIXES
+from scripts.networks.test_time_flips import FLIP_SETS
+from scripts.workflows.config_values import none_if_null, null_setting
+from scripts.workflows.failures import FAILURE_KEY, FAILURES_KEY, VOLUMES_KEY, failure_reason, first_line
 from scripts.networks import MedicalMattingNet
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "CHECKPOINT_KEYS",
     "list_input_images",
     "read_state_dict",
@@ -60,29 +60,8 @@ __all__ = [
     "MattingInferenceEvaluator",
 ]
 
-#: file name endings read as images in an input folder (lower case); other files are skipped
-IMAGE_SUFFIXES = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
-    ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd",
-)  # fmt: skip
-
-
-def _none_if_null(value: Any) -> Any:
-    """``None`` for ``None`` and the command-line spellings ``"null"`` / ``"none"`` (fire passes them as text)."""
-    if isinstance(value, str) and value.strip().lower() in ("null", "none", ""):
-        return None
-    return value
-
-
-def _null_setting(value: Any) -> Any:
-    """``None`` for ``None`` and the text ``"null"`` (``"none"`` is a value of ``test_time_flips``)."""
-    if isinstance(value, str) and value.strip().lower() in ("null", ""):
-        return None
-    return value
-
-
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(CLI_IMAGE_SUFFIXES)
 
 
 #: names of the files an inference run writes in its output folder (a re-run replaces them)
@@ -126,7 +105,7 @@ def check_output_dir(input_path: Union[str, os.PathLike], output_dir: Optional[U
     Raises:
         ValueError: one line naming both folders.
     """
-    if _none_if_null(output_dir) is None or _none_if_null(input_path) is None:
+    if none_if_null(output_dir) is None or none_if_null(input_path) is None:
         return
     folder = Path(input_path).expanduser().resolve()
     if not folder.is_dir():
@@ -147,8 +126,8 @@ def list_input_images(
 
     A DICOM series is a folder of ``.dcm`` files (``input_path`` itself, or a sub-folder of
     ``input_path``), case name the folder's name. A folder is read non-recursively; files whose
-    name does not end in one of :data:`IMAGE_SUFFIXES`, sub-folders with such a name
-    (``dir.png/``) and images not matching ``pattern`` are skipped with a warning naming them
+    name does not end in one of ``scripts.image_formats.CLI_IMAGE_SUFFIXES``, sub-folders with such
+    a name (``dir.png/``) and images not matching ``pattern`` are skipped with a warning naming them
     (hidden files silently). The case name is the file name without its extension; two images
     with the same case name (``a.png`` and ``a.nii.gz``) are an error because their outputs
     would overwrite each other.
@@ -168,9 +147,9 @@ def list_input_images(
 
         list_input_images("images/")  # [{"image": "images/case01.png", "case": "case01"}, ...]
     """
-    if _none_if_null(input_path) is None:
+    if none_if_null(input_path) is None:
         raise ValueError("no input given: set the input image or folder with --input_path PATH")
-    pattern = _none_if_null(pattern)
+    pattern = none_if_null(pattern)
     path = Path(input_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: {path}")
@@ -180,8 +159,8 @@ def list_input_images(
     if path.is_dir() and is_dicom_series(path):
         return [{CommonKeys.IMAGE: str(path), "case": path.name}]
     if path.is_file():
-        if not path.name.lower().endswith(IMAGE_SUFFIXES):
-            raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(IMAGE_SUFFIXES)})")
+        if not path.name.lower().endswith(CLI_IMAGE_SUFFIXES):
+            raise ValueError(f"input file {path} is not a supported image (file name endings: {', '.join(CLI_IMAGE_SUFFIXES)})")
         files = [path]
     else:
         entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
@@ -189,7 +168,7 @@ def list_input_images(
         files = [p for p in inputs if pattern is None or fnmatch.fnmatch(p.name, pattern)]
         unmatched = [p.name for p in inputs if p not in files]
         skipped = [p.name + ("/ (a folder)" if p.is_dir() else "") for p in entries
-                   if p not in files and p.name not in unmatched and (p.is_file() or p.name.lower().endswith(IMAGE_SUFFIXES))]
+                   if p not in files and p.name not in unmatched and (p.is_file() or p.name.lower().endswith(CLI_IMAGE_SUFFIXES))]
         if skipped:
             warnings.warn(f"{path}: skipping {len(skipped)} entries that are not image files: {', '.join(skipped)}")
         if unmatched:
@@ -197,7 +176,7 @@ def list_input_images(
                           f"{', '.join(unmatched[:5])}{', ...' if len(unmatched) > 5 else ''}")
         if not files:
             raise FileNotFoundError(
-                f"no image found in folder {path} (file name endings read: {', '.join(IMAGE_SUFFIXES)}"
+                f"no image found in folder {path} (file name endings read: {', '.join(CLI_IMAGE_SUFFIXES)}"
                 + (f"; --pattern {pattern!r}" if pattern else "") + ")"
             )
     data, seen = [], {}
@@ -234,7 +213,7 @@ def read_state_dict(ckpt_path: Union[str, os.PathLike], map_location: Any = "cpu
     try:
         checkpoint = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, empty, pickled code...
-        raise ValueError(f"checkpoint {path} cannot be read as weights: {_first_line(e)}") from e
+        raise ValueError(f"checkpoint {path} cannot be read as weights: {first_line(e)}") from e
     if isinstance(checkpoint, Mapping):
         for key in CHECKPOINT_KEYS:
             if isinstance(checkpoint.get(key), Mapping):
@@ -243,11 +222,6 @@ def read_state_dict(ckpt_path: Union[str, os.PathLike], map_location: Any = "cpu
     if not isinstance(checkpoint, Mapping) or not any(torch.is_tensor(v) for v in checkpoint.values()):
         raise ValueError(f"checkpoint {path}: no network state dict (bare, or under one of {list(CHECKPOINT_KEYS)})")
     return dict(checkpoint)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__ + " (empty or truncated file)"
 
 
 def _fallback_network(
@@ -302,11 +276,11 @@ def load_trained_network(
     """
     from scripts.networks import PREDICTION_KEYS
 
-    prediction = {k: v for k, v in dict(prediction or {}).items() if _null_setting(v) is not None}
+    prediction = {k: v for k, v in dict(prediction or {}).items() if null_setting(v) is not None}
     unknown = sorted(set(prediction) - set(PREDICTION_KEYS))
     if unknown:
         raise ValueError(f"prediction settings {unknown} are not prediction settings; allowed: {list(PREDICTION_KEYS)}")
-    if _none_if_null(ckpt_path) is None or not Path(ckpt_path).is_file():
+    if none_if_null(ckpt_path) is None or not Path(ckpt_path).is_file():
         if not allow_untrained:
             read_state_dict(ckpt_path or "<no checkpoint given>")  # raises FileNotFoundError naming the path
         if fallback_config is None:
@@ -325,7 +299,7 @@ def load_trained_network(
         network = MedicalMattingNet(**dict(config, **prediction))
         network.load_state_dict(state, strict=True)
     except (TypeError, RuntimeError, ValueError) as e:
-        raise ValueError(f"checkpoint {ckpt_path}: {_first_line(e)}") from e
+        raise ValueError(f"checkpoint {ckpt_path}: {first_line(e)}") from e
     return network
 
 
@@ -367,113 +341,7 @@ class EnsureImage2Dd(MapTransform):
         return d
 
 
-#: key of a data item (or batch) that could not be processed: the one-line reason
-FAILURE_KEY = "failure"
-#: batch key listing the items of a batch that failed before collation (:func:`collate_with_failures`)
-FAILURES_KEY = "failures"
-
-
-def failure_reason(error: BaseException) -> str:
-    """One line saying why: the innermost cause's message (MONAI wraps transform errors in
-    ``RuntimeError("applying transform ...")``), with its type."""
-    while error.__cause__ is not None and error.__cause__ is not error:
-        error = error.__cause__
-    return _first_line(error) if isinstance(error, (ValueError, TypeError, OSError)) else (
-        f"{type(error).__name__}: {_first_line(error)}")
-
-
-def _source_file(item: Mapping[Hashable, Any]) -> str:
-    image = item.get(CommonKeys.IMAGE)
-    meta = getattr(image, "meta", None)
-    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
-        name = meta["filename_or_obj"]
-        return str(name[0] if isinstance(name, (list, tuple)) else name)
-    return str(image) if isinstance(image, (str, os.PathLike)) else str(item.get("case", "?"))
-
-
-class CatchFailuresd:
-    """Run ``transform`` on a data item; an exception becomes a recorded failure instead of an abort.
-
-    A failed item is ``{"case", "image": <the input's file>, "failure": <one-line reason>}``; an
-    item that already failed passes through untouched, so the same wrapper serves the
-    pre-processing (unreadable, truncated, too large, wrong shape, NaN...) and the
-    post-processing (a file that cannot be written). :func:`collate_with_failures` keeps failed
-    items out of the network's batch and ``MattingInferenceEvaluator`` reports them
-    (``scripts.handlers.inference_summary.InferenceSummary`` writes them to a summary file).
-
-    Args:
-        transform: the wrapped transform (e.g. ``Compose([...])``).
-
-    Example::
-
-        Dataset(datalist, transform=CatchFailuresd(preprocessing))
-    """
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        if FAILURE_KEY in data:
-            return dict(data)
-        try:
-            return self.transform(data)
-        except Exception as e:  # one bad file must not abort the others
-            source = _source_file(data)
-            reason = failure_reason(e)
-            if os.path.basename(source) not in reason:  # decoder errors do not say which file they read
-                reason = f"{source}: {reason}"
-            return {"case": data.get("case"), CommonKeys.IMAGE: source, FAILURE_KEY: reason}
-
-
-#: key of a data item that is a NIfTI volume, inferred slice by slice (:class:`RouteVolumesd`)
-VOLUME_KEY = "volume"
-#: batch key listing the volumes of a batch (:func:`collate_with_failures`)
-VOLUMES_KEY = "volumes"
-
-
-class RouteVolumesd:
-    """Send NIfTI volumes past the 2-D pipeline: a volume item is checked from its header and kept as a
-    path (``{"case", "image", "volume": True}``), for :func:`scripts.workflows.volumes.infer_volume`
-    to read slice by slice; every other item goes through ``transform``.
-
-    Args:
-        transform: the 2-D image pipeline (``Compose([...])``).
-        max_pixels: most pixels of a slice (``scripts.data.image_limits.check_image_header``).
-        max_voxels: most voxels of a volume, every dimension counted.
-    """
-
-    def __init__(self, transform: Any, max_pixels: Optional[int] = None, max_voxels: Optional[int] = None) -> None:
-        self.transform = transform
-        self.max_pixels = max_pixels
-        self.max_voxels = max_voxels
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
-        from scripts.data import image_limits
-        from scripts.workflows.volumes import is_volume, volume_shape
-
-        path = data.get(CommonKeys.IMAGE)
-        if isinstance(path, (str, os.PathLike)) and is_volume(path):
-            image_limits.check_image_header(path, self.max_pixels or image_limits.MAX_IMAGE_PIXELS,
-                                            self.max_voxels or image_limits.MAX_IMAGE_VOXELS)
-            volume_shape(path)  # one 3-D volume, or a one-line refusal naming the file
-            return {"case": data.get("case"), CommonKeys.IMAGE: str(path), VOLUME_KEY: True}
-        return self.transform(data)
-
-
-def collate_with_failures(items: Sequence[Mapping[Hashable, Any]]) -> Dict[Hashable, Any]:
-    """``list_data_collate`` of the items that loaded, plus ``"failures"``: the items that did not, and
-    ``"volumes"``: the volumes (:class:`RouteVolumesd`), inferred slice by slice by the evaluator."""
-    from monai.data import list_data_collate
-
-    good = [item for item in items if FAILURE_KEY not in item and VOLUME_KEY not in item]
-    batch: Dict[Hashable, Any] = dict(list_data_collate(good)) if good else {}
-    batch[FAILURES_KEY] = [dict(item) for item in items if FAILURE_KEY in item]
-    batch[VOLUMES_KEY] = [dict(item) for item in items if VOLUME_KEY in item and FAILURE_KEY not in item]
-    return batch
-
-
-def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[tuple]:
-    size = _none_if_null(size)
+def _check_size(size: Optional[Sequence[int]], name: str) -> Optional[Tuple[int, int]]:
     if size is None:
         return None
     if (
@@ -507,6 +375,12 @@ class MattingInferer(Inferer):
             (``MedicalMattingNet.predict_in_rows``), so memory does not grow with the output size
             beyond the two result maps.
 
+    The arguments are typed values: the configs turn command-line text such as ``"null"`` into them
+    (``scripts.workflows.config_values``).
+
+    Raises:
+        ValueError: one line naming the argument that is not of its type or range.
+
     Example::
 
         inferer = MattingInferer(output_size=(256, 256))
@@ -518,18 +392,21 @@ class MattingInferer(Inferer):
         output_size: Optional[Sequence[int]] = None,
         input_size: Optional[Sequence[int]] = None,
         num_samples: Optional[int] = None,
-        flips: Optional[str] = None,
+        flips: Optional[Literal["none", "h", "hv"]] = None,
         max_internal_size: Optional[int] = DEFAULT_MAX_INTERNAL_SIZE,
         band_pixels: int = 1 << 18,
     ) -> None:
         super().__init__()
         self.output_size = _check_size(output_size, "output_size")
         self.input_size = _check_size(input_size, "input_size")
-        self.num_samples = _none_if_null(num_samples)
-        self.flips = _null_setting(flips)
-        limit = _none_if_null(max_internal_size)
-        if isinstance(limit, str) and limit.strip().isdigit():
-            limit = int(limit)
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                        or num_samples < 1):
+            raise ValueError(f"num_samples must be null or a positive integer, got {num_samples!r}")
+        self.num_samples = num_samples
+        if flips is not None and flips not in FLIP_SETS:
+            raise ValueError(f"flips must be null or one of {sorted(FLIP_SETS)}, got {flips!r}")
+        self.flips = flips
+        limit = max_internal_size
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 16):
             raise ValueError(f"max_internal_size must be null or an integer >= 16 (pixels), got {max_internal_size!r}")
         self.max_internal_size = limit
@@ -597,9 +474,9 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
     ``MattingPredictionWriter``) attach as usual. All ``SupervisedEvaluator`` arguments apply;
     ``inferer`` must return a dict with ``alpha`` and ``uncertainty`` (default :class:`MattingInferer`).
 
-    A batch's items that failed to load (``"failures"``, :func:`collate_with_failures`) and a batch
-    whose inference raises are recorded in ``engine.state.inference_failures`` instead of stopping
-    the run; the batch then has no output. A batch's NIfTI volumes (``"volumes"``) are inferred slice
+    A batch's items that failed to load (``"failures"``, ``scripts.workflows.failures.collate_with_failures``)
+    and a batch whose inference raises are recorded in ``engine.state.inference_failures`` instead
+    of stopping the run; the batch then has no output. A batch's NIfTI volumes (``"volumes"``) are inferred slice
     by slice (:func:`scripts.workflows.volumes.infer_volume`) into ``<volume_output_dir>/<case>_alpha.nii.gz``
     and ``<case>_uncertainty.nii.gz`` and recorded in ``engine.state.inference_volumes``.
 
@@ -632,10 +509,10 @@ class MattingInferenceEvaluator(SupervisedEvaluator):
         if kwargs.get("inferer") is None:
             kwargs["inferer"] = MattingInferer()
         super().__init__(*args, **kwargs)
-        self.volume_output_dir = _none_if_null(volume_output_dir)
+        self.volume_output_dir = none_if_null(volume_output_dir)
         self.volume_axis = int(volume_axis)
-        self.slice_batch_pixels = int(_none_if_null(slice_batch_pixels) or DEFAULT_SLICE_BATCH_PIXELS)
-        self.intensity_range = _none_if_null(intensity_range)
+        self.slice_batch_pixels = int(none_if_null(slice_batch_pixels) or DEFAULT_SLICE_BATCH_PIXELS)
+        self.intensity_range = none_if_null(intensity_range)
         self.progress = str(progress).strip().lower() in ("true", "1", "yes", "on")
 
     def infer_volumes(self, volumes: Sequence[Mapping[Hashable, Any]], failures: List[Dict[str, Any]]) -> None:

@@ -41,6 +41,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 import torch
 
+from scripts.image_formats import NIFTI_SUFFIXES
+
 __all__ = [
     "DEFAULT_SLICE_BATCH_PIXELS",
     "MAP_KINDS",
@@ -63,7 +65,7 @@ PathLike = Union[str, os.PathLike]
 
 
 def _is_nifti(path: PathLike) -> bool:
-    return str(path).lower().endswith((".nii", ".nii.gz"))
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def volume_shape(path: PathLike) -> Tuple[int, ...]:

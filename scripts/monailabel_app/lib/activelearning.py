@@ -30,7 +30,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from .errors import InvalidRequestError, MattingAppError, NoTrainedWeightsError, UnknownTaskError
-from .security import _http_error, _wrap, finite_float
+from .request_guards import finite_float, guard_function, http_error
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def install_activelearning_guards(app_instance: Callable[[], Any]) -> None:
     check_strategy = checker("_strategies", "strategy", "strategy")
     check_method = checker("_scoring_methods", "method", "scoring method")
     for module, name, check in ((al_ep, "sample", check_strategy), (scoring_ep, "run_method", check_method)):
-        _wrap(module, name, check)
+        guard_function(module, name, check)
         guarded = getattr(module, name)
         if getattr(guarded, "__refuses_in_call__", False):
             continue
@@ -239,7 +239,7 @@ def install_activelearning_guards(app_instance: Callable[[], Any]) -> None:
             try:
                 return __call(*args, **kwargs)
             except MattingAppError as e:
-                raise _http_error(e) from e
+                raise http_error(e) from e
 
         refusing.__medical_matting_guard__ = True
         refusing.__refuses_in_call__ = True

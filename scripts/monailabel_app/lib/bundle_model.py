@@ -93,13 +93,14 @@ class BundleModel:
         from monai.bundle import ConfigParser
 
         from scripts.data.image_limits import MAX_IMAGE_PIXELS
+        from scripts.workflows.config_values import int_or_none
         from scripts.workflows.inference import DEFAULT_MAX_INTERNAL_SIZE
 
         parser = ConfigParser()
         parser.read_config(str(self.config_file))
         self._settings = {
             "intensity_range": parser.get("intensity_range", None),
-            "max_internal_size": parser.get("max_internal_size", DEFAULT_MAX_INTERNAL_SIZE),
+            "max_internal_size": int_or_none(parser.get("max_internal_size", DEFAULT_MAX_INTERNAL_SIZE)),
             "max_image_pixels": parser.get("max_image_pixels", None) or MAX_IMAGE_PIXELS,
             "prediction": {k: parser.get(k, None) for k in ("num_samples", "test_time_flips")},
             "train_config": str(self.config_file.parent / "train.yaml"),

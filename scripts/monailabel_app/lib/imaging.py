@@ -32,11 +32,11 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from scripts.image_formats import NIFTI_SUFFIXES, RASTER_SUFFIXES
+
 from .errors import UnsupportedStudyImageError
 
 __all__ = [
-    "RASTER_SUFFIXES",
-    "NIFTI_SUFFIXES",
     "image_format",
     "image_reader",
     "to_unit_range",
@@ -44,8 +44,6 @@ __all__ = [
     "write_result",
 ]
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def image_format(path: str) -> str:

@@ -23,7 +23,7 @@ Server options (``monailabel start_server ... --conf KEY VALUE``), all optional:
 ============================  =======================================================================
 
 The inference and training configs are read from a snapshot of ``<bundle_root>/configs`` taken at
-start-up (``lib.security.ConfigSnapshot``), never from a file a request could have written.
+start-up (``lib.config_snapshot.ConfigSnapshot``), never from a file a request could have written.
 
 Example::
 
@@ -46,7 +46,7 @@ from monailabel.utils.others.generic import strtobool
 
 from ..bundle_model import DEFAULT_CONFIG, BundleModel
 from ..infers.matting import MattingInferTask
-from ..security import ConfigSnapshot
+from ..config_snapshot import ConfigSnapshot
 from ..trainers.matting import MattingTrainTask
 
 __all__ = ["MedicalMatting", "default_bundle_root", "conf_flag"]

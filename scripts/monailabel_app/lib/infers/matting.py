@@ -37,7 +37,8 @@ from scripts.workflows.inference import MattingInferer, failure_reason
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError, MattingAppError, UnsupportedStudyImageError
 from ..imaging import image_reader, write_result
-from ..security import check_study_image, client_gone, finite_float, redact_paths
+from ..names import check_study_image
+from ..request_guards import client_gone, finite_float, redact_paths
 from ..transforms import PrepareMattingInputd
 
 __all__ = ["MattingInferTask", "MAP_TYPES", "CLIENT_KEYS"]

@@ -32,6 +32,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy import ndimage
 
+from scripts.image_formats import APP_IMAGE_SUFFIXES, longest_first
+
 from ..errors import NoTrainingLabelsError, UnsupportedStudyImageError
 from ..imaging import image_format, image_reader, match_channels, to_unit_range
 
@@ -41,7 +43,7 @@ __all__ = ["case_name", "label_to_alpha", "trimap_for_label", "read_pair", "prep
 def case_name(path: str) -> str:
     """A file-name-safe case name from an image path (extension removed, other characters -> ``_``)."""
     name = os.path.basename(str(path))
-    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+    for suffix in longest_first(APP_IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break

@@ -20,7 +20,7 @@ Steps of one run (``POST /train/medical_matting``):
 Training through the server is off unless the operator starts it with ``--conf allow_training true``
 (refused with 403 otherwise). Request options are checked against :data:`TRAIN_OPTIONS` (names,
 integer types and ranges) and never become config overrides. The configs come from the server's
-start-up snapshot (``lib.security.ConfigSnapshot``), verified against their sha256 before each run.
+start-up snapshot (``lib.config_snapshot.ConfigSnapshot``), verified against their sha256 before each run.
 
 Example::
 
@@ -45,7 +45,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from ..bundle_model import BundleModel
 from ..errors import InvalidRequestError, NoTrainingLabelsError, TrainingDisabledError
-from ..security import ConfigSnapshot
+from ..config_snapshot import ConfigSnapshot
 from .dataset import prepare_training_dataset
 
 __all__ = ["MattingTrainTask", "training_command", "TRAIN_OPTIONS"]
