@@ -96,6 +96,11 @@ def test_inference_latency_times_the_default_inference_path(tmp_path):
     assert set(rows) == {"hv", "none"} and rows["hv"]["default_flips"] and not rows["none"]["default_flips"]
     assert all(r["latency_ms_median"] > 0 and r["throughput_ms_per_image_median"] > 0 and r["calls"] == 1
                for r in result["rows"])
-    assert result["num_samples"] == 8 and result["network"]["test_time_flips"] == "hv"
+    assert result["default_num_samples"] == 8 and result["network"]["test_time_flips"] == "hv"
+    assert {r["num_samples"] for r in result["rows"]} == {8}
     assert json.loads(out.read_text())["rows"] == result["rows"]
-    assert "hv (default)" in markdown(result)
+    assert "| 1 | hv (default) | 8 |" in markdown(result)
+    # the fast setting: one view and fewer prior samples, timed beside the default
+    result = main(["--ckpt_path", "none", "--threads", "1", "--flips", "none", "--num_samples", "4", "8",
+                   "--rounds", "1", "--calls", "1", "--batch", "2"])
+    assert [(r["flips"], r["num_samples"]) for r in result["rows"]] == [("none", 4), ("none", 8)]

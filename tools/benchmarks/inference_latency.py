@@ -57,16 +57,18 @@ def time_setting(network: torch.nn.Module, inferer: MattingInferer, image: torch
 
 
 def measure(ckpt_path: str | None, threads: Sequence[int] = (1, 2), flips: Sequence[str] = ("default", "none"),
-            rounds: int = 5, calls: int = 4, batch: int = 8, size: int = 128, bf16: bool = False) -> dict[str, Any]:
-    """Median latency (batch 1) and per-image throughput (batch ``batch``) of every threads x flips setting."""
+            rounds: int = 5, calls: int = 4, batch: int = 8, size: int = 128, bf16: bool = False,
+            num_samples: Sequence[int | None] = (None,)) -> dict[str, Any]:
+    """Median latency (batch 1) and per-image throughput (batch ``batch``) of every threads x flips x
+    ``num_samples`` setting (``None``: the network's number of prior samples)."""
     network = load_trained_network(ckpt_path, allow_untrained=ckpt_path is None,
                                    fallback_config=BUNDLE_ROOT / "configs" / "train.yaml", bundle_root=BUNDLE_ROOT)
     network.eval()
     generator = torch.Generator().manual_seed(0)
     single = torch.rand(1, network.in_channels, size, size, generator=generator)
     many = torch.rand(batch, network.in_channels, size, size, generator=generator)
-    settings = [(t, f) for f in flips for t in threads]
-    inferers = {f: MattingInferer(flips=None if f == "default" else f) for f in flips}
+    settings = [(t, (f, n)) for f in flips for n in num_samples for t in threads]
+    inferers = {(f, n): MattingInferer(flips=None if f == "default" else f, num_samples=n) for f in flips for n in num_samples}
     latency: dict[tuple, list[float]] = {s: [] for s in settings}
     per_image: dict[tuple, list[float]] = {s: [] for s in settings}
     load_before = load_average()
@@ -78,15 +80,16 @@ def measure(ckpt_path: str | None, threads: Sequence[int] = (1, 2), flips: Seque
             latency[(t, f)] += time_setting(network, inferers[f], single, t, calls, bf16)
             per_image[(t, f)] += [s / batch for s in time_setting(network, inferers[f], many, t, 1, bf16)]
     rows = []
-    for t, f in settings:
+    for t, (f, n) in settings:
         rows.append({
             "threads": t,
             "flips": network.test_time_flips if f == "default" else f,
             "default_flips": f == "default",
-            "latency_ms_median": 1000 * statistics.median(latency[(t, f)]),
-            "latency_ms_min": 1000 * min(latency[(t, f)]),
-            "throughput_ms_per_image_median": 1000 * statistics.median(per_image[(t, f)]),
-            "calls": len(latency[(t, f)]),
+            "num_samples": network.num_samples if n is None else n,
+            "latency_ms_median": 1000 * statistics.median(latency[(t, (f, n))]),
+            "latency_ms_min": 1000 * min(latency[(t, (f, n))]),
+            "throughput_ms_per_image_median": 1000 * statistics.median(per_image[(t, (f, n))]),
+            "calls": len(latency[(t, (f, n))]),
         })
     return {
         "command": "python -m tools.benchmarks.inference_latency " + " ".join(sys.argv[1:]),
@@ -97,7 +100,7 @@ def measure(ckpt_path: str | None, threads: Sequence[int] = (1, 2), flips: Seque
         "ckpt_path": ckpt_path,
         "network": dict(network.config),
         "image_size": size,
-        "num_samples": network.num_samples,
+        "default_num_samples": network.num_samples,
         "batch_for_throughput": batch,
         "bf16_autocast": bf16,
         "rows": rows,
@@ -105,11 +108,11 @@ def measure(ckpt_path: str | None, threads: Sequence[int] = (1, 2), flips: Seque
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| threads | test-time flips | latency, 1 image (ms, median / min) | throughput (ms per image, batch "
-             f"{result['batch_for_throughput']}) |", "| ---: | --- | ---: | ---: |"]
+    lines = ["| threads | test-time flips | prior samples | latency, 1 image (ms, median / min) | throughput (ms per image, "
+             f"batch {result['batch_for_throughput']}) |", "| ---: | --- | ---: | ---: | ---: |"]
     for r in result["rows"]:
         flips = r["flips"] + (" (default)" if r["default_flips"] else "")
-        lines.append(f"| {r['threads']} | {flips} | {r['latency_ms_median']:.1f} / {r['latency_ms_min']:.1f} | "
+        lines.append(f"| {r['threads']} | {flips} | {r['num_samples']} | {r['latency_ms_median']:.1f} / {r['latency_ms_min']:.1f} | "
                      f"{r['throughput_ms_per_image_median']:.1f} |")
     return "\n".join(lines)
 
@@ -120,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="trained model.pt (default: the shipped models/model.pt); 'none': untrained default network")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--flips", nargs="+", default=["default", "none"], choices=["default", "none", "h", "hv"])
+    parser.add_argument("--num_samples", type=int, nargs="+", default=None,
+                        help="prior samples per view to time (default: the network's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=4, help="batch-1 calls per setting and round")
     parser.add_argument("--batch", type=int, default=8, help="images per call for the throughput")
@@ -129,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ckpt = None if args.ckpt_path.lower() == "none" else args.ckpt_path
     if ckpt is not None and not Path(ckpt).is_file():
         parser.exit(2, f"error: checkpoint not found: {ckpt}\n")
-    result = measure(ckpt, args.threads, args.flips, args.rounds, args.calls, args.batch, bf16=args.bf16)
+    result = measure(ckpt, args.threads, args.flips, args.rounds, args.calls, args.batch, bf16=args.bf16,
+                     num_samples=args.num_samples or (None,))
     print(markdown(result))
     print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
     if args.json:
