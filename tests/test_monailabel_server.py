@@ -123,7 +123,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("monailabel"), auto_scoring=False)  # the scores: test_monailabel_activelearning.py
+    # no test here reads the uncertainty scores (tests/test_monailabel_activelearning.py does)
+    srv = Server(tmp_path_factory.mktemp("monailabel"), auto_scoring=False)
     try:
         srv.wait_ready()
         yield srv
