@@ -90,7 +90,7 @@ def wait_until_serving(proc: subprocess.Popen, url: str, timeout_s: float, log_t
             pass
         if time.time() > deadline:
             pytest.fail(f"{name} did not answer {url} within {timeout_s} s:\n{log_tail()}")
-        time.sleep(1.0)
+        time.sleep(0.25)
 
 
 @contextlib.contextmanager
@@ -98,13 +98,17 @@ def tiny_app_server(bundle: Path, studies: Path, root: Path, network: Mapping[st
                     tmp: Path | None = None) -> Iterator[dict[str, Any]]:
     """``monailabel start_server`` on 127.0.0.1 with the bundle copy ``bundle``'s app, an untrained network
     of the app's ``network_overrides`` ``network`` and ``studies``; yields ``url``, ``port``, ``proc``, ``tail`` (the log's end), ``log_path``.
-    ``tmp`` becomes the server's ``TMPDIR`` (uploads and results land there). Stopped on exit."""
+    ``tmp`` becomes the server's ``TMPDIR`` (uploads and results land there). MONAI Label's background
+    scoring job at start-up is off: with untrained weights it can only fail, and it would load the app in
+    one more process while the tests run (scoring is tested in tests/test_monailabel_activelearning.py).
+    Stopped on exit."""
     from tools.processes import stop_process
 
     port = free_port()
     log_path = root / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-           "PYTHONUNBUFFERED": "1", **({"TMPDIR": str(tmp)} if tmp is not None else {})}
+           "PYTHONUNBUFFERED": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+           **({"TMPDIR": str(tmp)} if tmp is not None else {})}
     env.pop("MONAI_LABEL_AUTH_ENABLE", None)
     env.pop("MEDICAL_MATTING_CONFIG_SNAPSHOT", None)
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(bundle / "scripts" / "monailabel_app"),

@@ -2,8 +2,9 @@
 
 Two tiny folds run as two separate, concurrent invocations on one output folder (as the tasks of
 a cluster array job would), then one aggregate-only invocation: its ``crossval.json`` holds the
-metrics of the all-in-one run of the same folds. Missing folds are refused with one error line
-naming their folders; with tracking, the aggregate step nests the folds' runs under the parent.
+metrics of the all-in-one run of the same folds, which runs its two folds in parallel processes
+(``--jobs 2``). Missing folds are refused with one error line naming their folders; with
+tracking, the aggregate step nests the folds' runs under the parent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,13 +47,22 @@ def phantom(tmp_path_factory) -> Path:
 def test_folds_as_separate_jobs_aggregate_like_the_all_in_one_run(phantom, tmp_path):
     together, separate = tmp_path / "together", tmp_path / "separate"
     base = ["--dataset_dir", str(phantom), "--quiet"]
+    start = time.time()
     jobs = [subprocess.Popen(_crossval(*base, "--output_dir", str(together), "--folds", "0", "1", "--jobs", "2", *TINY),
                              cwd=BUNDLE_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     jobs += [subprocess.Popen(_crossval(*base, "--output_dir", str(separate), "--folds", str(k), "--no_aggregate", *TINY),
                               cwd=BUNDLE_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for k in (0, 1)]
-    outputs = [job.communicate(timeout=280)[0] for job in jobs]
+    outputs = [jobs[0].communicate(timeout=280)[0]]
+    together_wall = time.time() - start  # the all-in-one run, from its start to its exit
+    outputs += [job.communicate(timeout=280)[0] for job in jobs[1:]]
     assert [job.returncode for job in jobs] == [0, 0, 0], outputs
+
+    # the all-in-one run ran its two folds at the same time: its wall time is less than the sum of the folds' times
+    summary = json.loads((together / "crossval.json").read_text())
+    assert summary["jobs"] == 2 and list(summary["status"]) == ["0", "1"]
+    assert all(s["status"] == "done" for s in summary["status"].values())
+    assert together_wall < sum(s["seconds"] for s in summary["status"].values()), (together_wall, summary["status"])
 
     # the fold jobs wrote nothing outside their fold folders
     assert sorted(p.name for p in separate.iterdir()) == ["fold0", "fold1"]

@@ -51,9 +51,11 @@ def mlflow_server(tmp_path_factory):
         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = open(log_path, "w")
-    # its own process group: the server runs its web workers as child processes
+    # its own process group: the server runs its web workers as child processes. Without MLflow's job
+    # execution (a job-runner process with periodic tasks, which tracking does not use): one process less
+    # to start, run beside the training and stop.
     proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         wait_until_serving(proc, f"{url}/health", STARTUP_TIMEOUT_S, lambda: log_path.read_text()[-3000:],
                            name="mlflow server")

@@ -54,7 +54,7 @@ def _wait_for_scoring_job(server, timeout_s: float = 240) -> dict:
         task = requests.get(f"{server.url}/scoring/", timeout=30).json()
         if task["status"] not in ("SUBMITTED", "RUNNING") or time.time() > deadline:
             return task
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 def test_the_server_scores_the_studies_when_it_starts(server):

@@ -475,7 +475,7 @@ def _expect_refusal(root: Path, bundle: Path, studies: Path, name: str, host, ex
                     break
             except requests.RequestException:
                 pass
-            time.sleep(1.0)
+            time.sleep(0.25)
         running = proc.poll() is None
     finally:
         _stop(proc)

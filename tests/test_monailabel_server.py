@@ -59,9 +59,14 @@ def _predict(network: torch.nn.Module, image01: np.ndarray) -> tuple[np.ndarray,
 
 
 class Server:
-    """A running ``monailabel start_server`` and what the tests need to talk to it."""
+    """A running ``monailabel start_server`` and what the tests need to talk to it.
 
-    def __init__(self, root: Path):
+    ``auto_scoring``: MONAI Label's background scoring jobs (at start-up, after each training and
+    proposal) on or off; off where no test reads the scores, so that no extra process loads the app
+    while the tests run.
+    """
+
+    def __init__(self, root: Path, auto_scoring: bool = True):
         from scripts.data.phantom import make_phantom_dataset
 
         self.root = root
@@ -91,7 +96,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "server.log"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": str(auto_scoring).lower()}
         cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
                "--studies", str(self.studies), "--conf", "models", "medical_matting",
                "--conf", "model_path", str(self.weights), "--conf", "network_overrides", json.dumps(TINY),
@@ -118,7 +123,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("monailabel"))
+    # no test here reads the uncertainty scores (tests/test_monailabel_activelearning.py does)
+    srv = Server(tmp_path_factory.mktemp("monailabel"), auto_scoring=False)
     try:
         srv.wait_ready()
         yield srv
@@ -247,7 +253,7 @@ def test_training_on_labels_saved_through_the_server_publishes_the_model(server)
         task = requests.get(f"{server.url}/train/", timeout=30).json()
         if task["status"] not in ("SUBMITTED", "RUNNING") or time.time() > deadline:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert task["status"] == "DONE", (task, server.log_tail())
     stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["medical_matting"]
     assert stats["status"] == "published" and stats["cases"] == 3 and stats["epochs"] == 1, stats
