@@ -26,6 +26,9 @@ BRAIN_GROWTH_DIR = SHARED / "data" / "brain-growth"
 
 # keep the suite predictable on the 2-core machines
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# pymatting (the classic baselines' reference) compiles its numba kernels at import, ~40 s in a fresh
+# environment; the tests' images are tiny, so its functions run as plain Python (same arithmetic)
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
 #: constructor arguments of the tiny MedicalMattingNet of the unit tests (a forward pass in milliseconds)
 TINY_NET_ARGS: dict[str, Any] = dict(prob_filters=(4, 8, 8, 8), matting_filters=(4, 8, 8), implicit_hidden=8,
