@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,6 +95,16 @@ def wait_until_serving(proc: subprocess.Popen, url: str, timeout_s: float, log_t
         if time.time() > deadline:
             pytest.fail(f"{name} did not answer {url} within {timeout_s} s:\n{log_tail()}")
         time.sleep(0.25)
+
+
+def copy_bundle_code(dest: Path) -> Path:
+    """A copy of the bundle's ``configs/`` and ``scripts/`` in ``dest`` (created; no caches, models or logs):
+    a bundle a server test may change without touching the repository."""
+    ignore = shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "*.pyc")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(BUNDLE_ROOT / "configs", dest / "configs", ignore=ignore)
+    shutil.copytree(BUNDLE_ROOT / "scripts", dest / "scripts", ignore=ignore)
+    return dest
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import socket
 import threading
 import time
@@ -30,7 +29,7 @@ pytest.importorskip("monailabel", reason="monailabel is not installed (pip insta
 requests = pytest.importorskip("requests")
 from PIL import Image  # noqa: E402
 
-from conftest import BUNDLE_ROOT, smooth_image, tiny_app_server, write_png_bomb  # noqa: E402
+from conftest import copy_bundle_code, smooth_image, tiny_app_server, write_png_bomb  # noqa: E402
 
 TINY = {"network_def#prob_filters": [4, 8, 8, 8], "network_def#matting_filters": [4, 8, 8],
         "network_def#implicit_hidden": 8, "network_def#norm": None, "num_samples": 2}
@@ -46,10 +45,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlbounds")
-    bundle = root / "bundle"
-    ignore = shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "*.pyc")
-    shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs", ignore=ignore)
-    shutil.copytree(BUNDLE_ROOT / "scripts", bundle / "scripts", ignore=ignore)
+    bundle = copy_bundle_code(root / "bundle")
     studies = root / "studies"
     studies.mkdir()
     Image.fromarray(smooth_image(64, 64)).save(studies / "small.png")

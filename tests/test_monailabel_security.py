@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tools.processes import stop_process
-from conftest import TINY_APP_NETWORK, free_port, wait_until_serving
+from conftest import TINY_APP_NETWORK, copy_bundle_code, free_port, wait_until_serving
 import torch
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install --no-deps -r requirements-nodeps.txt)")
 requests = pytest.importorskip("requests")
 from PIL import Image  # noqa: E402
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_APP_NETWORK
 STARTUP_TIMEOUT_S = 180
 #: folders of the bundle copy that the server itself writes (MONAI Label's app folders, caches, runs)
@@ -123,14 +121,6 @@ def test_config_snapshot_refuses_changed_configs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the servers
-def _copy_bundle(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "*.pyc")
-    dest.mkdir()
-    shutil.copytree(BUNDLE_ROOT / "configs", dest / "configs", ignore=ignore)
-    shutil.copytree(BUNDLE_ROOT / "scripts", dest / "scripts", ignore=ignore)
-    return dest
-
-
 def _png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
@@ -187,7 +177,7 @@ class Server:
 class Servers:
     def __init__(self, root: Path):
         self.root = root
-        self.bundle = _copy_bundle(root / "bundle")
+        self.bundle = copy_bundle_code(root / "bundle")
         self.weights = self.bundle / "models" / "model.pt"
         self.weights.parent.mkdir()
         from monai.bundle import ConfigParser

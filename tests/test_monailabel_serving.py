@@ -21,7 +21,6 @@ import gzip
 import io
 import json
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ nib = pytest.importorskip("nibabel")
 psutil = pytest.importorskip("psutil")
 from PIL import Image  # noqa: E402
 
-from conftest import BUNDLE_ROOT, TINY_APP_NETWORK, smooth_image, tiny_app_server  # noqa: E402
+from conftest import TINY_APP_NETWORK, copy_bundle_code, smooth_image, tiny_app_server  # noqa: E402
 
 TINY = {**TINY_APP_NETWORK, "network_def#norm": "INSTANCE"}
 #: the served copy's max_internal_size: larger outputs are decoded in bands of rows, larger work takes the large slot
@@ -57,10 +56,7 @@ def _from_nifti_bytes(content: bytes) -> nib.Nifti1Image:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlserving")
-    bundle = root / "bundle"
-    ignore = shutil.ignore_patterns("__pycache__", "model", "logs", "bin", "*.pyc")
-    shutil.copytree(BUNDLE_ROOT / "configs", bundle / "configs", ignore=ignore)
-    shutil.copytree(BUNDLE_ROOT / "scripts", bundle / "scripts", ignore=ignore)
+    bundle = copy_bundle_code(root / "bundle")
     # this copy's inference settings: one view and a small internal grid, so large work is cheap to make
     config = (bundle / "configs" / "inference.yaml").read_text()
     config = re.sub(r"(?m)^test_time_flips: .*$", "test_time_flips: none", config)
