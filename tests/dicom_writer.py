@@ -1,4 +1,4 @@
-"""Test helper: write a synthetic CT series with pydicom, one file per slice, for the DICOM tests.
+"""For the DICOM tests: write a synthetic CT series with pydicom, one file per slice.
 
 ``write_ct_series(folder, volume, ...)``: ``volume`` (Z, rows, columns) of uint16 or int16 (signed pixel
 representation for int16), slice z at ``origin + z * slice_step * (row_dir x col_dir)`` (patient LPS, mm),

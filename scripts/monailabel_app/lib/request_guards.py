@@ -1,6 +1,6 @@
 """Checks of the request options MONAI Label parses or acts on, before any app method runs.
 
-:func:`install_request_guards` wraps the helper functions of ``monailabel.endpoints.*``, which the
+:func:`install_request_guards` wraps the module-level functions of ``monailabel.endpoints.*``, which the
 routes call by module-global name (:func:`guard_function`): ``params`` JSON (:func:`parse_json_object`),
 infer uploads and sessions, training options and the training switch, model uploads. It also
 serves ``POST /infer`` and ``POST /batch/infer`` from the thread pool through the inference slots
