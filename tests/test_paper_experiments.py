@@ -16,12 +16,12 @@ def test_every_experiment_changes_existing_settings(bundle_root):
         assert exp.table in TABLES and exp.recipe in RECIPES
         keys = exp.overrides[::2]
         assert all(k.startswith("--") and k[2:] in train for k in keys), (exp.name, keys)
-    # Table 2: every row the paper published except the default is one run, with the paper's label
+    # Table 2: every row the paper published except the reference recipe is one run, with the paper's label
     table2 = {e.label for e in EXPERIMENTS if e.table == "table2"}
-    assert set(PAPER_TABLE2) - table2 == {"region-aware, 3 scales, 2x2"}  # the default recipe itself
+    assert set(PAPER_TABLE2) - table2 == {"region-aware, 3 scales, 2x2"}  # the reference recipe itself
 
 
-def _run(sad, seconds=600.0, recipe="ours", overrides=()):
+def _run(sad, seconds=600.0, recipe="quick", overrides=()):
     metrics = {"sad_unknown": sad, "mse_unknown": 0.04, "grad_unknown": 0.5}
     return {"recipe": recipe, "overrides": list(overrides), "mean": metrics, "std": {k: 0.01 for k in metrics},
             "total_seconds": seconds, "command": "python -m tools.paper_experiments --only x", "commit": "0" * 40,
@@ -29,8 +29,8 @@ def _run(sad, seconds=600.0, recipe="ours", overrides=()):
 
 
 def test_report_fills_in_as_runs_finish(tmp_path):
-    reference = {"recipes": {"ours": _run(0.40, 900.0), "paper": _run(0.9, recipe="paper")},
-                 "seed_summaries": {"ours": {"seeds": [0, 1, 2], "mean": {"sad_unknown": 0.41},
+    reference = {"recipes": {"quick": _run(0.40, 900.0), "paper": _run(0.9, recipe="paper")},
+                 "seed_summaries": {"quick": {"seeds": [0, 1, 2], "mean": {"sad_unknown": 0.41},
                                              "std": {"sad_unknown": 0.005}}}}
     resumed = {**_run(0.43, 664.0, overrides=("--kernel_size", "1")), "resumed": True,
                "fold_seconds_recorded": {"1": 737.0, "0": 712.0, "2": 330.0, "3": 334.0}}
@@ -47,12 +47,12 @@ def test_report_fills_in_as_runs_finish(tmp_path):
     assert "0.4400 +/- 0.0100" in row and "-12.0 %" in row and "600 s" in row
     assert "| half-width default (seed 0, `000000000000`) | 0.5000 +/- 0.0100" in text
     row = next(line for line in text.splitlines() if "(`no_flips`)" in line)
-    assert "+5.0 % (vs default)" in row and "60 s" in row
+    assert "+5.0 % (vs quick)" in row and "60 s" in row
     assert "(`kernel_3`) | not run |" in text
     # a resumed run's wall time covers its last invocation; every fold's own time is shown beside it
     row = next(line for line in text.splitlines() if "(`kernel_1`)" in line)
     assert "664 s (resumed; this invocation only; each fold's own time: 712, 737, 330, 334 s)" in row
-    assert "| default recipe (seed 0, `000000000000`) | 0.4000 +/- 0.0100" in text
+    assert "| quick recipe (seed 0, `000000000000`) | 0.4000 +/- 0.0100" in text
     assert "0.4100 +/- 0.0050" in text  # the spread over seeds
     assert "Reference `half_width`: the default of c7237fa" in text
     assert "| region-aware, 3 scales, 1x1 | 0.0406 | 0.0198 | 0.0554 |" in text  # published, labelled
@@ -60,7 +60,7 @@ def test_report_fills_in_as_runs_finish(tmp_path):
     for heading, _ in TABLES.values():
         assert f"## {heading}" in text
     table2 = text[text.index("## Table 2"):text.index("## Recipe ablation")]
-    assert "default recipe (seed 0" not in table2  # no Table 2 row is compared with today's default
+    assert "quick recipe (seed 0" not in table2  # no Table 2 row is compared with the quick recipe
 
 
 def test_list_shows_what_is_done(tmp_path, capsys):
@@ -74,7 +74,7 @@ def test_list_shows_what_is_done(tmp_path, capsys):
 
 def test_an_evaluation_of_retrained_models_is_stale(tmp_path):
     """An evaluation-only row (no_flips) records the digests of the models it evaluated; once the
-    default recipe is retrained (other model.pt bytes), the row is stale and is evaluated again."""
+    recipe's runs are retrained (other model.pt bytes), the row is stale and is evaluated again."""
     from tools.paper_experiments import evaluated_model_digests, stale_evaluation
 
     exp = next(e for e in EXPERIMENTS if e.evaluate_models_of is not None)
@@ -93,7 +93,7 @@ def test_an_evaluation_of_retrained_models_is_stale(tmp_path):
 
 
 def test_decoder_table_compares_each_seed_and_the_seed_means(tmp_path):
-    reference = {"recipes": {"ours": {**_run(0.40), "train_seed": 0}, "ours_seed1": {**_run(0.42), "train_seed": 1},
+    reference = {"recipes": {"quick": {**_run(0.40), "train_seed": 0}, "quick_seed1": {**_run(0.42), "train_seed": 1},
                              "paper": _run(0.9, recipe="paper")}}
     results = {"experiments": {"decoder_bilinear_seed0": _run(0.44, recipe="quick"),
                                "decoder_bilinear_seed1": _run(0.42, recipe="quick")}}
@@ -104,10 +104,10 @@ def test_decoder_table_compares_each_seed_and_the_seed_means(tmp_path):
     assert "0.4400 +/- 0.0100" in row and "+10.0 % (vs seed 0)" in row
     row = next(line for line in lines if "(`decoder_bilinear_seed1`)" in line)
     assert "+0.0 % (vs seed 1)" in row
-    # mean and population std of the seed means (0.44, 0.42), against the default's seed means (0.40, 0.42)
+    # mean and population std of the seed means (0.44, 0.42), against the quick recipe's seed means (0.40, 0.42)
     row = next(line for line in lines if line.startswith("| **bilinear, 2 seeds"))
     assert "**0.4300 +/- 0.0100**" in row and "+4.9 %" in row and "1200 s" in row
-    row = next(line for line in lines if line.startswith("| **region-aware (the default), 2 seeds"))
+    row = next(line for line in lines if line.startswith("| **region-aware (the quick recipe), 2 seeds"))
     assert "**0.4100 +/- 0.0100**" in row
     assert "(`decoder_bilinear_seed2`) | not run |" in "\n".join(lines)
     assert "(`decoder_local_ensemble_seed0`) | not run |" in "\n".join(lines)

@@ -2,23 +2,24 @@
 
 Every table of ``docs/results/paper_experiments.md`` comes from the runs listed in
 :data:`EXPERIMENTS`, each a 4-fold cross-validation (``tools.reproduce.run_recipe``) in
-``runs/experiments/<name>`` of the default recipe with one thing changed:
+``runs/experiments/<name>`` of the quick recipe (``configs/recipes/quick.yaml``, the default recipe when
+they were measured) with one thing changed:
 
 - **Table 2** (the paper's ablations): the upsampling (bilinear, LIIF local ensemble, region-aware),
   the number of fused scales (1, 2, 3) and the implicit kernel size (1, 2, 3), beside the paper's
   Table 2 as published; and the learned sampling offsets of the region-aware rows
-  (``figures/offsets_default.png`` beside the report, the variants' ``figures/offsets_<name>.png`` in
+  (``figures/offsets_quick.png`` beside the report, the variants' ``figures/offsets_<name>.png`` in
   their run folders; fold 0's model on a test case of fold 0);
-- **recipe ablation**: each change of the default recipe against the paper undone (instance
+- **recipe ablation**: each change of the quick recipe against the paper undone (instance
   normalisation with the 10x learning rate, the half-width Prob. U-Net, the test-time flips, and
   bfloat16 with 60 epochs);
 - **paper recipe**: the paper's settings with batch normalisation (``--recipe paper_bn``) and the
   Medical Matting code base's configuration (``paper_mm_code``); the literal reading without
   normalisation (``paper``) is the row of ``docs/results/brain_growth.md``.
 
-The reference row is the default recipe itself, read from ``docs/results/brain_growth_cv.json``
-(``python -m tools.reproduce``: seed 0, and the mean and spread over training seeds, which says
-how large a difference has to be to mean something). ``--with_defaults`` runs those reproductions
+The reference row is the quick recipe itself, read from ``docs/results/brain_growth_cv.json``
+(``python -m tools.reproduce --recipe quick``: seed 0, and the mean and spread over training seeds, which
+says how large a difference has to be to mean something). ``--with_defaults`` runs those reproductions
 first when they are missing; ``--with_baselines`` also re-creates the classic-matting table
 (Table 1) and the Fig. 4-style figure.
 
@@ -82,11 +83,11 @@ TABLES = {
     "table2": ("Table 2: upsampling, scales and kernel size",
                "The half-width default (reference `half_width`) with its decoder changed (`--upsampling`, "
                "`--scales`, `--kernel_size`)."),
-    "recipe": ("Recipe ablation: each change of the default recipe undone",
-               "A default recipe (`configs/train.yaml`; each row names the one it changes) with one of its "
+    "recipe": ("Recipe ablation: each change of the quick recipe undone",
+               "A default recipe of its time (each row names the reference it changes) with one of its "
                "departures from the paper undone."),
     "decoders": ("Table 2's decoders on the quick recipe, 3 training seeds",
-                 "The quick recipe (`configs/recipes/quick.yaml`, today's default) with its decoder changed "
+                 "The quick recipe (`configs/recipes/quick.yaml`, the region-aware decoder) with its decoder changed "
                  "(`--upsampling`), each decoder over training seeds 0, 1 and 2 on the same folds."),
     "paper_recipe": ("The paper's recipe, as its authors most likely ran it",
                      "The paper's section 3.1 settings (`configs/recipes/brain_growth_paper.yaml`) plus the "
@@ -105,10 +106,10 @@ class Experiment:
         label: the row's heading (for Table 2, the key of its published row in :data:`PAPER_TABLE2`).
         recipe: a ``tools.reproduce`` recipe (its override files) the run starts from.
         overrides: bundle ``--key value`` overrides after the recipe.
-        evaluate_models_of: evaluation only, with the trained models of this default-recipe run
+        evaluate_models_of: evaluation only, with the trained models of this ``tools.reproduce`` run
             folder (``runs/brain-growth/<it>``): for settings that change prediction, not training.
         offsets: draw the learned sampling offsets of fold 0's model (region-aware rows).
-        reference: the run it is compared with: ``"default"`` (the default recipe as it is,
+        reference: the run it is compared with: ``"quick"`` (the quick recipe as it is,
             ``docs/results/brain_growth_cv.json``) or a key of the report's recorded ``references``
             (``"half_width"``: the default before its Prob. U-Net became full-width).
     """
@@ -116,11 +117,11 @@ class Experiment:
     name: str
     table: str
     label: str
-    recipe: str = "ours"
+    recipe: str = "quick"
     overrides: tuple[str, ...] = ()
     evaluate_models_of: str | None = None
     offsets: bool = False
-    reference: str = "default"
+    reference: str = "quick"
     note: str = field(default="", compare=False)
 
 
@@ -139,10 +140,10 @@ SCHEDULE_0_5 = (*BATCH_4, *EPOCHS_60, *LR_5E4)
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
-    Experiment("no_flips", "recipe", "no test-time flips (evaluation of the default models)",
-               overrides=("--test_time_flips", "none"), evaluate_models_of="ours"),
-    Experiment("flips_h", "recipe", "horizontal test-time flip only, 2 views (evaluation of the default models)",
-               overrides=("--test_time_flips", "h"), evaluate_models_of="ours"),
+    Experiment("no_flips", "recipe", "no test-time flips (evaluation of the quick recipe's models)",
+               overrides=("--test_time_flips", "none"), evaluate_models_of="quick"),
+    Experiment("flips_h", "recipe", "horizontal test-time flip only, 2 views (evaluation of the quick recipe's models)",
+               overrides=("--test_time_flips", "h"), evaluate_models_of="quick"),
     Experiment("upsampling_bilinear", "table2", "bilinear, 3 scales",
                overrides=(*SCHEDULE_0_5, *HALF_WIDTH_PROB, "--upsampling", "bilinear"), reference="half_width"),
     Experiment("upsampling_local_ensemble", "table2", "local ensemble (LIIF), 3 scales, 2x2",
@@ -198,7 +199,7 @@ def stale_evaluation(exp: Experiment, entry: dict[str, Any], models_root: Path, 
 
 def run_evaluation_only(exp: Experiment, data_dir: Path, work_dir: Path, models_root: Path,
                         jobs: int) -> tuple[dict[str, Any], bool]:
-    """Evaluate the default recipe's fold models with ``exp.overrides`` (one process per fold) and aggregate.
+    """Evaluate a ``tools.reproduce`` run's fold models with ``exp.overrides`` (one process per fold) and aggregate.
 
     Returns the aggregate and whether any fold had been evaluated before (a resumed run)."""
     out = work_dir / exp.name
@@ -307,8 +308,8 @@ def _delta(value: float | None, ref: float | None) -> str:
 def _reference_runs(results: dict[str, Any], reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each reference name -> ``{"label", "seed0", "seeds"}``: ``default`` from brain_growth_cv.json, the
     others from the report's recorded ``references`` (runs of an earlier default, kept as measured)."""
-    refs = {"default": {"label": "default recipe", "seed0": reference.get("recipes", {}).get("ours"),
-                        "seeds": reference.get("seed_summaries", {}).get("ours")}}
+    refs = {"quick": {"label": "quick recipe", "seed0": reference.get("recipes", {}).get("quick"),
+                      "seeds": reference.get("seed_summaries", {}).get("quick")}}
     for name, ref in results.get("references", {}).items():
         refs[name] = {"label": ref["label"], "seed0": ref.get("seed0"), "seeds": ref.get("seeds"), "note": ref.get("note")}
     return refs
@@ -337,17 +338,17 @@ def _seed_mean_row(label: str, seed_runs: list[dict[str, Any]], ref_sad: float |
 
 
 def _decoder_rows(runs: dict[str, Any], reference: dict[str, Any]) -> list[str]:
-    """The decoders table: the region-aware default's seeds (brain_growth_cv.json), then each decoder's
-    seeds, each seed compared with the default's run of the same training seed."""
-    default_runs = {r.get("train_seed", 0): r for r in reference.get("recipes", {}).values() if r.get("recipe") == "ours"}
-    rows = [f"| region-aware (the default), training seed {seed} (`{str(r.get('commit', '?'))[:12]}`) | "
+    """The decoders table: the region-aware quick recipe's seeds (brain_growth_cv.json), then each decoder's
+    seeds, each seed compared with the quick recipe's run of the same training seed."""
+    default_runs = {r.get("train_seed", 0): r for r in reference.get("recipes", {}).values() if r.get("recipe") == "quick"}
+    rows = [f"| region-aware (the quick recipe), training seed {seed} (`{str(r.get('commit', '?'))[:12]}`) | "
             + " | ".join(fmt(r["mean"].get(c), r["std"].get(c)) for c in COLUMNS) + f" | 0 | {r['total_seconds']:.0f} s |"
             for seed, r in sorted(default_runs.items())]
     ref_sad = None
     if len(default_runs) > 1:
         ref_runs = [default_runs[s] for s in sorted(default_runs)]
         ref_sad = summarize_values(r["mean"].get("sad_unknown") for r in ref_runs)["mean"]
-        rows.append(_seed_mean_row("region-aware (the default)", ref_runs, None))
+        rows.append(_seed_mean_row("region-aware (the quick recipe)", ref_runs, None))
     groups: dict[str, list[tuple[Experiment, int]]] = {}
     for exp in EXPERIMENTS:
         if exp.table == "decoders":
@@ -383,7 +384,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
              "is compared with its reference, the recipe it changes: its seed-0 run and, to judge differences,",
              "its mean +/- standard deviation over training seeds. Rows not yet run say `not run`.", ""]
     lines += [line for name, ref in refs.items() if ref.get("note") for line in (f"Reference `{name}`: {ref['note']}", "")]
-    ref_sad = (refs["default"]["seed0"] or {}).get("mean", {}).get("sad_unknown")
+    ref_sad = (refs["quick"]["seed0"] or {}).get("mean", {}).get("sad_unknown")
     for table, (heading, what) in TABLES.items():
         exps = [e for e in EXPERIMENTS if e.table == table]
         if table == "decoders":
@@ -444,11 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data_dir", default=str(BUNDLE_ROOT / "data" / "brain-growth"))
     parser.add_argument("--work_dir", default=str(BUNDLE_ROOT / "runs" / "experiments"))
     parser.add_argument("--defaults_dir", default=str(BUNDLE_ROOT / "runs" / "brain-growth"),
-                        help="tools.reproduce's work folder (the default recipe's fold models)")
+                        help="tools.reproduce's work folder (the quick recipe's fold models)")
     parser.add_argument("--results_dir", default=str(BUNDLE_ROOT / "docs" / "results"))
     parser.add_argument("--jobs", type=int, default=2, help="folds at a time (2 on the 2-core machines)")
     parser.add_argument("--with_defaults", action="store_true",
-                        help="first run python -m tools.reproduce for training seeds 0, 1, 2 where missing")
+                        help="first run python -m tools.reproduce --recipe quick for training seeds 0, 1, 2 where missing")
     parser.add_argument("--with_baselines", action="store_true",
                         help="also re-create the classic-matting table (Table 1) and the Fig. 4-style figure")
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from the recorded runs")
@@ -473,11 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         have = json.loads(reference_path.read_text()).get("recipes", {}) if reference_path.is_file() else {}
         for seed in (0, 1, 2):
-            if reproduce.run_name("ours", seed) not in have:
-                reproduce.main(["--train_seed", str(seed), "--data_dir", str(data_dir),
+            if reproduce.run_name("quick", seed) not in have:
+                reproduce.main(["--recipe", "quick", "--train_seed", str(seed), "--data_dir", str(data_dir),
                                 "--work_dir", args.defaults_dir, "--results_dir", str(results_dir)])
     if args.with_baselines and not args.report_only:
-        _baselines(data_dir, results_dir, Path(args.defaults_dir) / "ours")
+        _baselines(data_dir, results_dir, Path(args.defaults_dir) / "quick")
     todo = [known[n] for n in args.only] if args.only else list(EXPERIMENTS)
     num_folds = int(json.loads((data_dir / "datalist.json").read_text())["num_folds"])
     for exp in ([] if args.report_only else todo):
@@ -506,18 +507,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(results: dict[str, Any], reference_path: Path, results_dir: Path, work_dir: Path, defaults_dir: Path) -> None:
-    """Offset figures of the finished region-aware runs (and the default's), then the markdown report."""
+    """Offset figures of the finished region-aware runs (and the quick recipe's), then the markdown report."""
     figs = results.setdefault("offset_figures", {})
-    candidates = [("default", defaults_dir / "ours")] + [(e.name, work_dir / e.name) for e in EXPERIMENTS if e.offsets]
+    candidates = [("quick", defaults_dir / "quick")] + [(e.name, work_dir / e.name) for e in EXPERIMENTS if e.offsets]
     for name, cv_dir in candidates:
-        # one figure next to the report (the default's); the variants' figures stay in their run folders
-        png = (results_dir if name == "default" else cv_dir) / "figures" / f"offsets_{name}.png"
+        # one figure next to the report (the quick recipe's); the variants' figures stay in their run folders
+        png = (results_dir if name == "quick" else cv_dir) / "figures" / f"offsets_{name}.png"
         if name in figs or not (cv_dir / "fold0" / "models" / "model.pt").is_file():
             continue
         try:
             offset_figure(name, cv_dir, Path(json.loads((cv_dir / "crossval.json").read_text())["dataset_dir"])
                           if (cv_dir / "crossval.json").is_file() else BUNDLE_ROOT / "data" / "brain-growth", png)
-            figs[name] = str(png.relative_to(results_dir)) if name == "default" else f"untracked:{png}"
+            figs[name] = str(png.relative_to(results_dir)) if name == "quick" else f"untracked:{png}"
         except (OSError, ValueError, KeyError) as e:
             print(f"[paper_experiments] offsets of {name}: not drawn ({e})", file=sys.stderr, flush=True)
     reference = json.loads(reference_path.read_text()) if reference_path.is_file() else {}
