@@ -357,16 +357,19 @@ def test_concat_channels_is_torch_cat_in_the_channels_last_layout():
     assert torch.equal(scripted(nchw), out)
 
 
-def test_every_layer_of_the_bundle_network_keeps_the_layout():
-    """Every instance norm of the bundle's network (configs/train.yaml) is the layout-keeping one and
-    every in-place ReLU of a conv -> norm -> act layer the dtype-aware one, the Matting U-Net's output
-    block included (PyTorch's instance norm would copy to NCHW forward and backward)."""
+@pytest.mark.parametrize("upsampling", ["bilinear", "local_ensemble", "region_aware"])
+def test_every_layer_of_the_bundle_network_keeps_the_layout(upsampling):
+    """Every instance norm of the bundle's network (configs/train.yaml, with each decoder) is the
+    layout-keeping one and every in-place ReLU of a conv -> norm -> act layer the dtype-aware one, the
+    Matting U-Net's output block included (PyTorch's instance norm would copy to NCHW forward and
+    backward, and return a wrong input gradient for a channels-last one-image batch)."""
     from monai.bundle import ConfigParser
 
     from scripts.networks.blocks import DtypeAwareReLU, LayoutKeepingInstanceNorm2d
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
+    parser["upsampling"] = upsampling
     net = parser.get_parsed_content("network_def")
     norms = [(n, type(m)) for n, m in net.named_modules() if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)]
     relus = [(n, type(m)) for n, m in net.named_modules() if isinstance(m, torch.nn.ReLU) and m.inplace and ".adn." in f"{n}."]
@@ -394,6 +397,25 @@ def test_instance_norm_gradient_of_a_channels_last_batch_matches_the_formula(bat
     a = x.to(memory_format=torch.channels_last).requires_grad_(True)
     LayoutKeepingInstanceNorm2d(16)(a).backward(upstream.to(memory_format=torch.channels_last))
     torch.testing.assert_close(a.grad, ref_x.grad.float(), rtol=0, atol=1e-5)
+
+
+def test_bilinear_upsampler_gradient_of_a_channels_last_image_equals_the_nchw_one():
+    """The bilinear decoder's upsampler (interpolate, conv -> norm -> act) back-propagates the same input
+    and weight gradients for a channels-last one-image batch as for NCHW."""
+    from scripts.networks.matting_unet import InterpolateConvUpsampler
+
+    torch.manual_seed(0)
+    up = InterpolateConvUpsampler(8, 4, norm="INSTANCE")
+    x = torch.randn(1, 8, 6, 5)
+    upstream = torch.randn(1, 4, 12, 10)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        up.zero_grad()
+        a = x.clone(memory_format=layout).requires_grad_(True)
+        up(a, [12, 10]).backward(upstream.to(memory_format=layout))
+        grads.append((a.grad, up.conv.conv.weight.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-4)
 
 
 def test_instance_norm_with_running_statistics_takes_pytorchs_path():

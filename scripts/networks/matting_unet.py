@@ -41,7 +41,9 @@ _UPSAMPLING = ("region_aware", "local_ensemble", "bilinear")
 
 
 class InterpolateConvUpsampler(nn.Module):
-    """Plain baseline upsampler: bilinear interpolation to the target grid, then a 3x3 conv + act.
+    """Plain baseline upsampler: bilinear interpolation to the target grid, then a 3x3 conv -> norm -> act
+    (one layer of :func:`conv_block`: its instance norm keeps the channels-last layout and, with it, a
+    correct input gradient for a one-image batch, which PyTorch 2.13's own does not return).
 
     Args:
         in_channels: input channels.
@@ -59,7 +61,7 @@ class InterpolateConvUpsampler(nn.Module):
         self, in_channels: int, out_channels: int, act: Union[str, tuple] = DEFAULT_ACT, norm=None
     ) -> None:
         super().__init__()
-        self.conv = Convolution(2, in_channels, out_channels, kernel_size=3, act=act, norm=norm)
+        self.conv = conv_block(in_channels, out_channels, 1, act, norm)[0]
 
     def forward(self, feat: torch.Tensor, output_size: List[int]) -> torch.Tensor:
         return self.conv(_resize(feat, output_size))
