@@ -399,25 +399,6 @@ def test_instance_norm_gradient_of_a_channels_last_batch_matches_the_formula(bat
     torch.testing.assert_close(a.grad, ref_x.grad.float(), rtol=0, atol=1e-5)
 
 
-def test_bilinear_upsampler_gradient_of_a_channels_last_image_equals_the_nchw_one():
-    """The bilinear decoder's upsampler (interpolate, conv -> norm -> act) back-propagates the same input
-    and weight gradients for a channels-last one-image batch as for NCHW."""
-    from scripts.networks.matting_unet import InterpolateConvUpsampler
-
-    torch.manual_seed(0)
-    up = InterpolateConvUpsampler(8, 4, norm="INSTANCE")
-    x = torch.randn(1, 8, 6, 5)
-    upstream = torch.randn(1, 4, 12, 10)
-    grads = []
-    for layout in (torch.contiguous_format, torch.channels_last):
-        up.zero_grad()
-        a = x.clone(memory_format=layout).requires_grad_(True)
-        up(a, [12, 10]).backward(upstream.to(memory_format=layout))
-        grads.append((a.grad, up.conv.conv.weight.grad.clone()))
-    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-5)
-    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-4)
-
-
 def test_instance_norm_with_running_statistics_takes_pytorchs_path():
     """``track_running_stats`` (not used by the model): the running averages are PyTorch's."""
     from scripts.networks.blocks import LayoutKeepingInstanceNorm2d
