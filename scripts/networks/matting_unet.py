@@ -42,8 +42,7 @@ _UPSAMPLING = ("region_aware", "local_ensemble", "bilinear")
 
 class InterpolateConvUpsampler(nn.Module):
     """Plain baseline upsampler: bilinear interpolation to the target grid, then a 3x3 conv -> norm -> act
-    (one layer of :func:`conv_block`: its instance norm keeps the channels-last layout and, with it, a
-    correct input gradient for a one-image batch, which PyTorch 2.13's own does not return).
+    (one layer of :func:`conv_block`, whose instance norm keeps the channels-last layout).
 
     Args:
         in_channels: input channels.
