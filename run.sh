@@ -32,7 +32,9 @@ case "${1:-}" in
     test)
         setup
         shift
-        exec "$PY" -m pytest -q tests "$@"
+        # two worker processes (one per core of the 2-core machines), each test file on one worker
+        # (its module fixtures are built once); TEST_WORKERS=0 runs in this process
+        exec "$PY" -m pytest -q tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
         ;;
     setup)
         setup
