@@ -132,7 +132,7 @@ HALF_WIDTH_PROB = ("--prob_filters", "[16,32,64,96]", "--latent_filters", "[16,3
 #: the prior / posterior encoders at the U-Net's width, as in every row measured before they were halved
 FULL_WIDTH_LATENT = ("--latent_filters", "[32,64,128,192]")
 #: every training row below was measured with 4 images per step, 60 epochs and learning rate 5e-4 (the
-#: default now trains one image per step for 50 epochs at 3e-4): pinned likewise, so the rows stay comparable
+#: quick recipe trains one image per step for 50 epochs at 3e-4): pinned likewise, so the rows stay comparable
 BATCH_4 = ("--batch_size", "4")
 LR_5E4 = ("--learning_rate", "5e-4")
 EPOCHS_60 = ("--epochs", "60")
