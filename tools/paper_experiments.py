@@ -78,6 +78,9 @@ PAPER_TABLE2 = {
 }
 DEFAULT_ROW = "region-aware, 3 scales, 2x2"
 
+#: the recipe every row is measured against (its tools.reproduce runs: recipe, run folder, report key)
+REFERENCE_RECIPE = "quick"
+
 #: table key -> (heading, what its rows change)
 TABLES = {
     "table2": ("Table 2: upsampling, scales and kernel size",
@@ -117,11 +120,11 @@ class Experiment:
     name: str
     table: str
     label: str
-    recipe: str = "quick"
+    recipe: str = REFERENCE_RECIPE
     overrides: tuple[str, ...] = ()
     evaluate_models_of: str | None = None
     offsets: bool = False
-    reference: str = "quick"
+    reference: str = REFERENCE_RECIPE
     note: str = field(default="", compare=False)
 
 
@@ -141,9 +144,9 @@ SCHEDULE_0_5 = (*BATCH_4, *EPOCHS_60, *LR_5E4)
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("no_flips", "recipe", "no test-time flips (evaluation of the quick recipe's models)",
-               overrides=("--test_time_flips", "none"), evaluate_models_of="quick"),
+               overrides=("--test_time_flips", "none"), evaluate_models_of=REFERENCE_RECIPE),
     Experiment("flips_h", "recipe", "horizontal test-time flip only, 2 views (evaluation of the quick recipe's models)",
-               overrides=("--test_time_flips", "h"), evaluate_models_of="quick"),
+               overrides=("--test_time_flips", "h"), evaluate_models_of=REFERENCE_RECIPE),
     Experiment("upsampling_bilinear", "table2", "bilinear, 3 scales",
                overrides=(*SCHEDULE_0_5, *HALF_WIDTH_PROB, "--upsampling", "bilinear"), reference="half_width"),
     Experiment("upsampling_local_ensemble", "table2", "local ensemble (LIIF), 3 scales, 2x2",
@@ -164,7 +167,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("fp32_100_epochs", "recipe", "float32, 100 epochs (the previous default)",
                overrides=(*BATCH_4, *LR_5E4, *HALF_WIDTH_PROB, "--cpu_bf16", "False", "--epochs", "100"),
                reference="half_width"),
-    *(Experiment(f"decoder_{upsampling}_seed{seed}", "decoders", f"{label}, training seed {seed}", recipe="quick",
+    *(Experiment(f"decoder_{upsampling}_seed{seed}", "decoders", f"{label}, training seed {seed}", recipe=REFERENCE_RECIPE,
                  overrides=("--upsampling", upsampling, "--seed", str(seed)))
       for upsampling, label in (("bilinear", "bilinear"), ("local_ensemble", "local ensemble (LIIF)"))
       for seed in (0, 1, 2)),
@@ -306,10 +309,10 @@ def _delta(value: float | None, ref: float | None) -> str:
 
 
 def _reference_runs(results: dict[str, Any], reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each reference name -> ``{"label", "seed0", "seeds"}``: ``default`` from brain_growth_cv.json, the
+    """Each reference name -> ``{"label", "seed0", "seeds"}``: :data:`REFERENCE_RECIPE` from brain_growth_cv.json, the
     others from the report's recorded ``references`` (runs of an earlier default, kept as measured)."""
-    refs = {"quick": {"label": "quick recipe", "seed0": reference.get("recipes", {}).get("quick"),
-                      "seeds": reference.get("seed_summaries", {}).get("quick")}}
+    refs = {REFERENCE_RECIPE: {"label": "quick recipe", "seed0": reference.get("recipes", {}).get(REFERENCE_RECIPE),
+                               "seeds": reference.get("seed_summaries", {}).get(REFERENCE_RECIPE)}}
     for name, ref in results.get("references", {}).items():
         refs[name] = {"label": ref["label"], "seed0": ref.get("seed0"), "seeds": ref.get("seeds"), "note": ref.get("note")}
     return refs
@@ -340,13 +343,14 @@ def _seed_mean_row(label: str, seed_runs: list[dict[str, Any]], ref_sad: float |
 def _decoder_rows(runs: dict[str, Any], reference: dict[str, Any]) -> list[str]:
     """The decoders table: the region-aware quick recipe's seeds (brain_growth_cv.json), then each decoder's
     seeds, each seed compared with the quick recipe's run of the same training seed."""
-    default_runs = {r.get("train_seed", 0): r for r in reference.get("recipes", {}).values() if r.get("recipe") == "quick"}
+    reference_runs = {r.get("train_seed", 0): r for r in reference.get("recipes", {}).values()
+                      if r.get("recipe") == REFERENCE_RECIPE}
     rows = [f"| region-aware (the quick recipe), training seed {seed} (`{str(r.get('commit', '?'))[:12]}`) | "
             + " | ".join(fmt(r["mean"].get(c), r["std"].get(c)) for c in COLUMNS) + f" | 0 | {r['total_seconds']:.0f} s |"
-            for seed, r in sorted(default_runs.items())]
+            for seed, r in sorted(reference_runs.items())]
     ref_sad = None
-    if len(default_runs) > 1:
-        ref_runs = [default_runs[s] for s in sorted(default_runs)]
+    if len(reference_runs) > 1:
+        ref_runs = [reference_runs[s] for s in sorted(reference_runs)]
         ref_sad = summarize_values(r["mean"].get("sad_unknown") for r in ref_runs)["mean"]
         rows.append(_seed_mean_row("region-aware (the quick recipe)", ref_runs, None))
     groups: dict[str, list[tuple[Experiment, int]]] = {}
@@ -362,7 +366,7 @@ def _decoder_rows(runs: dict[str, Any], reference: dict[str, Any]) -> list[str]:
                 rows.append(f"| {exp.label} (`{exp.name}`) | not run |" + " |" * (len(COLUMNS) + 1))
                 continue
             done.append(run)
-            same_seed = default_runs.get(seed, {}).get("mean", {}).get("sad_unknown")
+            same_seed = reference_runs.get(seed, {}).get("mean", {}).get("sad_unknown")
             rows.append(f"| {exp.label} (`{exp.name}`) | " + " | ".join(fmt(run["mean"].get(c), run["std"].get(c)) for c in COLUMNS)
                         + f" | {_delta(run['mean'].get('sad_unknown'), same_seed)} (vs seed {seed}) | {run['total_seconds']:.0f} s"
                         + _resumed_note(run) + " |")
@@ -384,7 +388,7 @@ def write_report(results: dict[str, Any], reference: dict[str, Any], path: Path)
              "is compared with its reference, the recipe it changes: its seed-0 run and, to judge differences,",
              "its mean +/- standard deviation over training seeds. Rows not yet run say `not run`.", ""]
     lines += [line for name, ref in refs.items() if ref.get("note") for line in (f"Reference `{name}`: {ref['note']}", "")]
-    ref_sad = (refs["quick"]["seed0"] or {}).get("mean", {}).get("sad_unknown")
+    ref_sad = (refs[REFERENCE_RECIPE]["seed0"] or {}).get("mean", {}).get("sad_unknown")
     for table, (heading, what) in TABLES.items():
         exps = [e for e in EXPERIMENTS if e.table == table]
         if table == "decoders":
@@ -474,11 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         have = json.loads(reference_path.read_text()).get("recipes", {}) if reference_path.is_file() else {}
         for seed in (0, 1, 2):
-            if reproduce.run_name("quick", seed) not in have:
-                reproduce.main(["--recipe", "quick", "--train_seed", str(seed), "--data_dir", str(data_dir),
+            if reproduce.run_name(REFERENCE_RECIPE, seed) not in have:
+                reproduce.main(["--recipe", REFERENCE_RECIPE, "--train_seed", str(seed), "--data_dir", str(data_dir),
                                 "--work_dir", args.defaults_dir, "--results_dir", str(results_dir)])
     if args.with_baselines and not args.report_only:
-        _baselines(data_dir, results_dir, Path(args.defaults_dir) / "quick")
+        _baselines(data_dir, results_dir, Path(args.defaults_dir) / REFERENCE_RECIPE)
     todo = [known[n] for n in args.only] if args.only else list(EXPERIMENTS)
     num_folds = int(json.loads((data_dir / "datalist.json").read_text())["num_folds"])
     for exp in ([] if args.report_only else todo):
@@ -509,16 +513,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(results: dict[str, Any], reference_path: Path, results_dir: Path, work_dir: Path, defaults_dir: Path) -> None:
     """Offset figures of the finished region-aware runs (and the quick recipe's), then the markdown report."""
     figs = results.setdefault("offset_figures", {})
-    candidates = [("quick", defaults_dir / "quick")] + [(e.name, work_dir / e.name) for e in EXPERIMENTS if e.offsets]
+    candidates = [(REFERENCE_RECIPE, defaults_dir / REFERENCE_RECIPE)] + [(e.name, work_dir / e.name) for e in EXPERIMENTS if e.offsets]
     for name, cv_dir in candidates:
         # one figure next to the report (the quick recipe's); the variants' figures stay in their run folders
-        png = (results_dir if name == "quick" else cv_dir) / "figures" / f"offsets_{name}.png"
+        png = (results_dir if name == REFERENCE_RECIPE else cv_dir) / "figures" / f"offsets_{name}.png"
         if name in figs or not (cv_dir / "fold0" / "models" / "model.pt").is_file():
             continue
         try:
             offset_figure(name, cv_dir, Path(json.loads((cv_dir / "crossval.json").read_text())["dataset_dir"])
                           if (cv_dir / "crossval.json").is_file() else BUNDLE_ROOT / "data" / "brain-growth", png)
-            figs[name] = str(png.relative_to(results_dir)) if name == "quick" else f"untracked:{png}"
+            figs[name] = str(png.relative_to(results_dir)) if name == REFERENCE_RECIPE else f"untracked:{png}"
         except (OSError, ValueError, KeyError) as e:
             print(f"[paper_experiments] offsets of {name}: not drawn ({e})", file=sys.stderr, flush=True)
     reference = json.loads(reference_path.read_text()) if reference_path.is_file() else {}
