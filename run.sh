@@ -33,8 +33,9 @@ case "${1:-}" in
         setup
         shift
         # two worker processes (one per core of the 2-core machines), each test file on one worker
-        # (its module fixtures are built once); TEST_WORKERS=0 runs in this process
-        exec "$PY" -m pytest -q tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+        # (its module fixtures are built once), the slowest files first (tests/conftest.py,
+        # SLOWEST_FILES); TEST_WORKERS=0 runs in this process
+        exec "$PY" -m pytest -q tests -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
         ;;
     setup)
         setup
