@@ -25,8 +25,14 @@ from scripts import BUNDLE_ROOT  # the bundle root is on sys.path through pytest
 SHARED = Path(os.environ.get("MEDICAL_MATTING_SHARED", BUNDLE_ROOT.parent / "shared"))
 BRAIN_GROWTH_DIR = SHARED / "data" / "brain-growth"
 
-# keep the suite predictable on the 2-core machines
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Threads: the suite's worker processes (run.sh: one per core) share the cores, and so do the
+# processes their tests start (inherit these defaults unless a test sets its own). One thread each
+# under two or more workers, two in a single process; a waiting OpenMP thread sleeps at once instead
+# of spinning (the default spins, which costs the cores' other processes their time); the suite's
+# time with and without these settings: docs/benchmarks.md, "The test suite".
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", "1" if _WORKERS > 1 else "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # pymatting (the classic baselines' reference) compiles its numba kernels at import, ~40 s in a fresh
 # environment; the tests' images are tiny, so its functions run as plain Python (same arithmetic)
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")

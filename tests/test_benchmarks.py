@@ -100,6 +100,15 @@ def test_inference_latency_times_the_default_inference_path(tmp_path):
     assert {r["num_samples"] for r in result["rows"]} == {8}
     assert json.loads(out.read_text())["rows"] == result["rows"]
     assert "| 1 | hv (default) | 8 |" in markdown(result)
+    # the FLOP floor: counted FLOPs over the reference convolution's rate, timed in the same run
+    result = main(["--ckpt_path", "none", "--threads", "1", "--flips", "none", "--rounds", "1", "--calls", "1",
+                   "--batch", "1", "--floor"])
+    (row,) = result["rows"]
+    # one view of the default network: the Prob. U-Net, 8 fcomb passes and the Matting U-Net, ~7 GFLOP
+    assert 3 < row["gflop"] < 15 and row["reference_gflops"] > 0
+    assert row["floor_ms"] == pytest.approx(row["gflop"] / row["reference_gflops"] * 1000)
+    assert row["latency_over_floor"] == pytest.approx(row["latency_ms_median"] / row["floor_ms"])
+    assert f"| {row['latency_over_floor']:.2f}x |" in markdown(result)
     # the fast setting: one view and fewer prior samples, timed beside the default
     result = main(["--ckpt_path", "none", "--threads", "1", "--flips", "none", "--num_samples", "4", "8",
                    "--rounds", "1", "--calls", "1", "--batch", "2"])
