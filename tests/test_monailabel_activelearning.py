@@ -135,6 +135,26 @@ def test_a_failed_scoring_job_reads_error(server):
         os.replace(moved, server.weights)
 
 
+def test_the_server_sees_what_a_job_process_wrote_to_the_datastore(tmp_path):
+    # the server's datastore and a background job's (a process of its own) on one studies folder, the
+    # server's file watch off: every read and write of the server starts from the file's current content
+    from scripts.monailabel_app.lib.datastore import SecureLocalDatastore
+
+    for name in ("a", "b"):
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / f"{name}.png")
+    server = SecureLocalDatastore(str(tmp_path), auto_reload=False)
+    job = SecureLocalDatastore(str(tmp_path), auto_reload=False)
+    job.update_image_info("a", {"uncertainty": {"mean": 0.3}})
+    assert server.get_image_info("a")["uncertainty"] == {"mean": 0.3}
+    assert server.json()["objects"]["a"]["image"]["info"]["uncertainty"] == {"mean": 0.3}
+    job.update_image_info("b", {"uncertainty": {"mean": 0.2}})
+    server.save_label("a", str(tmp_path / "a.png"), "final", {})  # a write of the server keeps the job's results
+    assert server.get_unlabeled_images() == ["b"]
+    fresh = SecureLocalDatastore(str(tmp_path), auto_reload=False)
+    assert fresh.get_image_info("a")["uncertainty"] == {"mean": 0.3} and fresh.get_image_info("b")["uncertainty"] == {"mean": 0.2}
+    assert fresh.get_labels_by_image_id("a") == {"final": "a"}
+
+
 def test_strategy_ranks_the_scored_studies_and_refuses_without_scores(tmp_path):
     from monailabel.datastore.local import LocalDatastore
 

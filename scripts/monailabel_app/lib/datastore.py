@@ -61,8 +61,33 @@ class SecureLocalDatastore(LocalDatastore):
         super().__init__(datastore_path, **kwargs)
         self._root = os.path.realpath(datastore_path)
 
+    def _reload_if_changed(self) -> None:
+        """Re-read the datastore file if another process wrote it since this one last read or wrote it.
+
+        MONAI Label's background scoring and training jobs are processes of their own that write the
+        same file. Its file watch (``auto_reload``) alone can miss such a write: it skips the first
+        change event after each write of its own, and the kernel merges change events of one file
+        that were not read yet, so the server could answer from, and later write back, a datastore
+        without the job's results. ``_init_from_datastore_file`` re-reads only when the file's mtime
+        differs from the one this process last read or wrote (one ``stat``).
+        """
+        self._init_from_datastore_file()
+
     def _known(self, image_id: Any) -> bool:
+        self._reload_if_changed()
         return is_plain_name(image_id) and image_id in self._datastore.objects
+
+    def json(self):
+        self._reload_if_changed()
+        return super().json()
+
+    def list_images(self):
+        self._reload_if_changed()
+        return super().list_images()
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        self._reload_if_changed()
+        return super().get_unlabeled_images(label_tag, labels)
 
     # ------------------------------------------------------------ reads
     def get_image_uri(self, image_id: str) -> str:
